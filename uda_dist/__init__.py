@@ -1,0 +1,1 @@
+"""uda_dist: distributed unsupervised domain-adaptive semantic segmentation."""

@@ -1,0 +1,196 @@
+"""The shard contract: the one place that says what a sample and a manifest are.
+
+A sample is consecutive tar members sharing a key (../shared/DATASETS.md, "Shard conventions"):
+  {key}.png or {key}.jpg   the RGB image
+  {key}.label.png          single-channel 8-bit trainIds, 255 = ignore (absent for unlabeled data)
+  {key}.json               dataset, split, original path, size [H, W], class pixel histogram
+Shards are plain tar files written by webdataset's TarWriter with a fixed mtime and a fixed member order,
+so a rebuild is byte-identical. A manifest (JSON) per dataset split lists the shards (URLs relative to the
+manifest's folder, or absolute), their sample counts and the split's class pixel histogram.
+Nothing here decodes pickle.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+from PIL import Image
+
+NUM_CLASSES = 19
+IGNORE_INDEX = 255
+CLASSES = (
+    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
+    "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle",
+    "bicycle",
+)
+PALETTE = np.array([  # the Cityscapes colours of the 19 trainIds
+    (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153), (153, 153, 153),
+    (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152), (70, 130, 180), (220, 20, 60),
+    (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32),
+], dtype=np.uint8)
+SHARD_MTIME = 0.0  # fixed tar member mtime: rebuilt shards are byte-identical
+IMAGE_EXTS = ("png", "jpg")
+LABEL_EXT = "label.png"
+MANIFEST_SUFFIX = ".manifest.json"
+
+
+class SchemaError(ValueError):
+    """A sample or manifest that breaks the shard contract."""
+
+
+def class_histogram(label_HW: np.ndarray) -> list[int]:
+    """Pixel count per trainId (ignore excluded)."""
+    counts = np.bincount(label_HW.reshape(-1), minlength=256)
+    return [int(c) for c in counts[:NUM_CLASSES]]
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def encode_sample(key: str, image_HW3: np.ndarray, label_HW: np.ndarray | None,
+                  meta: dict[str, Any], *, image_format: str = "png") -> dict[str, Any]:
+    """Build the member dict for TarWriter.write. Member order is fixed by TarWriter (sorted keys)."""
+    if image_HW3.dtype != np.uint8 or image_HW3.ndim != 3 or image_HW3.shape[2] != 3:
+        raise SchemaError(f"sample {key!r}: image must be uint8 HxWx3, got {image_HW3.dtype} {image_HW3.shape}")
+    meta = dict(meta, size=[int(image_HW3.shape[0]), int(image_HW3.shape[1])])
+    if image_format == "png":
+        image_bytes = encode_png(image_HW3)
+    elif image_format == "jpg":
+        buf = io.BytesIO()
+        Image.fromarray(image_HW3).save(buf, format="JPEG", quality=95)
+        image_bytes = buf.getvalue()
+    else:
+        raise SchemaError(f"image_format must be one of {IMAGE_EXTS}, got {image_format!r}")
+    sample = {"__key__": key, image_format: image_bytes}
+    if label_HW is not None:
+        if label_HW.dtype != np.uint8 or label_HW.shape != image_HW3.shape[:2]:
+            raise SchemaError(f"sample {key!r}: label must be uint8 of the image's size "
+                              f"{image_HW3.shape[:2]}, got {label_HW.dtype} {label_HW.shape}")
+        sample[LABEL_EXT] = encode_png(label_HW)
+        meta["class_hist"] = class_histogram(label_HW)
+    sample["json"] = json.dumps(meta, sort_keys=True).encode()
+    return sample
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def decode_label(data: bytes) -> np.ndarray:
+    """Raw single-channel values; a label that is not 8-bit single-channel is refused, never converted."""
+    with Image.open(io.BytesIO(data)) as img:
+        if img.mode != "L":
+            raise SchemaError(f"label PNG must be 8-bit single-channel ('L'), got mode {img.mode!r}")
+        return np.asarray(img)
+
+
+def decode_sample(sample: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+    """(image uint8 HxWx3, label uint8 HxW or None, meta) from raw tar members (bytes)."""
+    key = sample.get("__key__", "?")
+    exts = [e for e in IMAGE_EXTS if e in sample]
+    if len(exts) != 1:
+        raise SchemaError(f"sample {key!r}: expected exactly one image member of {IMAGE_EXTS}, got {sorted(sample)}")
+    image = decode_image(sample[exts[0]])
+    label = decode_label(sample[LABEL_EXT]) if LABEL_EXT in sample else None
+    meta = json.loads(sample["json"]) if "json" in sample else {}
+    if label is not None and label.shape != image.shape[:2]:
+        raise SchemaError(f"sample {key!r}: label {label.shape} and image {image.shape[:2]} differ in size")
+    return image, label, meta
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ShardInfo:
+    url: str
+    num_samples: int
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Manifest:
+    dataset: str
+    split: str
+    labeled: bool
+    shards: tuple[ShardInfo, ...]
+    class_pixels: tuple[int, ...]
+    location: str = ""  # where the manifest was read from; shard URLs resolve relative to its folder
+
+    @property
+    def num_samples(self) -> int:
+        return sum(s.num_samples for s in self.shards)
+
+    def urls(self) -> list[str]:
+        base = os.path.dirname(self.location)
+        return [s.url if ("://" in s.url or os.path.isabs(s.url) or not base) else os.path.join(base, s.url)
+                for s in self.shards]
+
+    def to_json(self) -> str:
+        d = dataclasses.asdict(self)
+        d.pop("location")
+        d["num_samples"] = self.num_samples
+        return json.dumps(d, indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, location: str = "") -> "Manifest":
+        try:
+            d = json.loads(text)
+            return cls(dataset=d["dataset"], split=d["split"], labeled=bool(d["labeled"]),
+                       shards=tuple(ShardInfo(url=s["url"], num_samples=int(s["num_samples"])) for s in d["shards"]),
+                       class_pixels=tuple(int(c) for c in d["class_pixels"]), location=location)
+        except (KeyError, TypeError, ValueError) as e:
+            raise SchemaError(f"manifest {location or '<text>'} is malformed: {e!r}") from e
+
+
+def read_manifest(path: str) -> Manifest:
+    with open(path) as f:
+        return Manifest.from_json(f.read(), location=path)
+
+
+def write_shards(samples: Iterable[dict[str, Any]], out_dir: str, *, dataset: str, split: str,
+                 labeled: bool, max_per_shard: int = 100) -> Manifest:
+    """Write encoded samples (from encode_sample) to {out_dir}/{dataset}-{split}-NNNNNN.tar and the manifest
+    {out_dir}/{dataset}-{split}.manifest.json (written last, atomically, so its presence means complete)."""
+    import webdataset as wds
+
+    os.makedirs(out_dir, exist_ok=True)
+    shards: list[ShardInfo] = []
+    class_pixels = np.zeros(NUM_CLASSES, dtype=np.int64)
+    for index, chunk in enumerate(_chunks(samples, max_per_shard)):
+        name = f"{dataset}-{split}-{index:06d}.tar"
+        tmp = os.path.join(out_dir, name + ".tmp")
+        with open(tmp, "wb") as stream, wds.TarWriter(stream, mtime=SHARD_MTIME) as writer:
+            for sample in chunk:
+                if labeled != (LABEL_EXT in sample):
+                    raise SchemaError(f"sample {sample['__key__']!r}: labeled={labeled} but label member "
+                                      f"{'missing' if labeled else 'present'}")
+                if labeled:
+                    class_pixels += json.loads(sample["json"])["class_hist"]
+                writer.write(sample)
+        os.replace(tmp, os.path.join(out_dir, name))
+        shards.append(ShardInfo(url=name, num_samples=len(chunk)))
+    if not shards:
+        raise SchemaError(f"{dataset}/{split}: no samples to write")
+    path = os.path.join(out_dir, f"{dataset}-{split}{MANIFEST_SUFFIX}")
+    manifest = Manifest(dataset=dataset, split=split, labeled=labeled, shards=tuple(shards),
+                        class_pixels=tuple(int(c) for c in class_pixels), location=path)
+    with open(path + ".tmp", "w") as f:
+        f.write(manifest.to_json())
+    os.replace(path + ".tmp", path)
+    return manifest
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

@@ -1,0 +1,39 @@
+"""Where a run's data comes from: the source, target and validation splits as manifests.
+
+A split is named by a manifest location (a local path to a ``*.manifest.json``, written by the shard
+builders), or by ``synthetic:<domain>/<split>`` for the project's embedded benchmark, which is generated
+(once, then cached) from ``data.synthetic``.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from uda_dist.data.schema import Manifest, read_manifest
+from uda_dist.data.synthetic import SyntheticConfig, resolve_manifest
+from uda_dist.data.webdataset import LoaderConfig
+
+SYNTHETIC_PREFIX = "synthetic:"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    source: str = "synthetic:source/train"
+    """Labelled source split: a manifest path, or synthetic:<domain>/<split>."""
+    target: str = "synthetic:target/train"
+    """Unlabelled target split (its labels, if any, are never read by adaptation methods)."""
+    val: str = "synthetic:target/val"
+    """Labelled target validation split (reported mIoU)."""
+    synthetic: SyntheticConfig = dataclasses.field(default_factory=SyntheticConfig)
+    loader: LoaderConfig = dataclasses.field(default_factory=LoaderConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("source", "target", "val"):
+            if not getattr(self, name):
+                raise ValueError(f"data.{name} must name a manifest or synthetic:<domain>/<split>")
+
+
+def load_manifest(location: str, synthetic: SyntheticConfig) -> Manifest:
+    """Read the manifest of a split, generating the synthetic benchmark first when it is named."""
+    if location.startswith(SYNTHETIC_PREFIX):
+        location = resolve_manifest(location, synthetic)
+    return read_manifest(location)

@@ -1,0 +1,65 @@
+"""The method interface and the plain supervised method (source-only training, and the oracle).
+
+A method is a small object built from its frozen config by ``config.build(student)``; the recipe picks the
+config class, so there is no string registry. The trainer owns backward and the optimiser step: a method
+only returns named, already weighted loss terms (``losses``) and updates its own state after the optimiser
+step (``after_step``, e.g. the EMA teacher).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from torch import nn
+
+from uda_dist.losses.segmentation import cross_entropy
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MethodConfig:
+    """Supervised training on the source domain only (no target data); the oracle recipe points
+    the source at the target's labelled train split."""
+
+    source_weight: float = 1.0
+    """Weight of the source cross-entropy."""
+
+    def __post_init__(self) -> None:
+        if self.source_weight < 0:
+            raise ValueError(f"source_weight must be >= 0, got {self.source_weight}")
+
+    def build(self, student: nn.Module, *, seed: int) -> "Method":
+        return SourceOnly(self)
+
+
+class Method:
+    """Interface of every method: named weighted losses for one step, and state updated after it."""
+
+    needs_target: bool = False
+
+    def losses(self, student: nn.Module, source: dict[str, Any], target: dict[str, Any] | None,
+               step: int) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def after_step(self, student: nn.Module, step: int) -> None:
+        """Called once after every optimiser step."""
+
+    def log_values(self) -> dict[str, torch.Tensor]:
+        """Device tensors worth logging from the last step (synced to the host only at log cadence)."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            raise ValueError(f"{type(self).__name__} has no state, but got keys {sorted(state)}")
+
+
+class SourceOnly(Method):
+    def __init__(self, cfg: MethodConfig):
+        self.cfg = cfg
+
+    def losses(self, student, source, target, step):
+        logits_BKHW = student.segment(source["image"])
+        return {"source.ce": self.cfg.source_weight * cross_entropy(logits_BKHW, source["label"])}

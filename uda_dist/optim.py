@@ -1,0 +1,94 @@
+"""Optimiser and learning-rate schedule (DAFormer: AdamW, heads x10, linear warm-up then poly decay).
+
+The schedule is mmseg's: poly lr = (base - min_lr) * (1 - t/T)^power + min_lr, and during the first
+warmup_iters steps it is scaled by 1 - (1 - t/warmup_iters) * (1 - warmup_ratio). It is expressed as a
+multiplier for torch's LambdaLR, so every parameter group (backbone, heads x10) follows it.
+`LocalEngine` is the single-process trainer interface (backward, step, the model); the DeepSpeed engine of
+the distributed issue offers the same three things.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OptimConfig:
+    lr: float = 6e-5
+    """Base learning rate of the backbone (AdamW)."""
+    head_lr_mult: float = 10.0
+    """Learning-rate multiplier of the decode and projection heads."""
+    weight_decay: float = 0.01
+    """AdamW weight decay (0 for norm layers and position embeddings)."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    warmup_iters: int = 1500
+    """Linear warm-up steps."""
+    warmup_ratio: float = 1e-6
+    """Learning-rate factor at step 0 of the warm-up."""
+    poly_power: float = 1.0
+    """Power of the poly decay to min_lr at the last step."""
+    min_lr: float = 0.0
+    """Learning rate reached at the last step (as a value, scaled per group by its multiplier)."""
+    grad_clip: float = 0.0
+    """Clip the global gradient norm to this value (0 = off)."""
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or self.head_lr_mult <= 0:
+            raise ValueError(f"lr and head_lr_mult must be > 0, got {self.lr}, {self.head_lr_mult}")
+        if self.weight_decay < 0 or self.warmup_iters < 0 or self.grad_clip < 0 or self.min_lr < 0:
+            raise ValueError("weight_decay, warmup_iters, grad_clip and min_lr must be >= 0")
+        if not 0.0 < self.warmup_ratio <= 1.0:
+            raise ValueError(f"warmup_ratio must be in (0, 1], got {self.warmup_ratio}")
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas must be in [0, 1), got {self.betas}")
+
+
+def lr_factor(step: int, *, cfg: OptimConfig, total: int) -> float:
+    """Multiplier of the base learning rate at `step` (0-based) of a run of `total` steps."""
+    progress = min(step, total) / max(total, 1)
+    min_factor = cfg.min_lr / cfg.lr
+    factor = (1.0 - min_factor) * (1.0 - progress) ** cfg.poly_power + min_factor
+    if step < cfg.warmup_iters:
+        factor *= 1.0 - (1.0 - step / cfg.warmup_iters) * (1.0 - cfg.warmup_ratio)
+    return factor
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
+    groups = model.param_groups(lr=cfg.lr, weight_decay=cfg.weight_decay, head_lr_mult=cfg.head_lr_mult)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+
+
+class LocalEngine:
+    """One process: the model, its AdamW, the schedule; backward() once per step, then step()."""
+
+    def __init__(self, model: nn.Module, cfg: OptimConfig, *, total_steps: int):
+        self.module = model
+        self.cfg = cfg
+        self.optimizer = build_optimizer(model, cfg)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_factor(step, cfg=cfg, total=total_steps))
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def step(self) -> None:
+        if self.cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.module.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def state_dict(self) -> dict:
+        return {"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
