@@ -57,6 +57,9 @@ def encode_png(array: np.ndarray) -> bytes:
 def encode_sample(key: str, image_HW3: np.ndarray, label_HW: np.ndarray | None,
                   meta: dict[str, Any], *, image_format: str = "png") -> dict[str, Any]:
     """Build the member dict for TarWriter.write. Member order is fixed by TarWriter (sorted keys)."""
+    if not key or "." in key:
+        raise SchemaError(f"sample key {key!r} must be non-empty and dot-free: readers split member names "
+                          f"at the first dot ({key!r}.{LABEL_EXT} would not group with its image)")
     if image_HW3.dtype != np.uint8 or image_HW3.ndim != 3 or image_HW3.shape[2] != 3:
         raise SchemaError(f"sample {key!r}: image must be uint8 HxWx3, got {image_HW3.dtype} {image_HW3.shape}")
     meta = dict(meta, size=[int(image_HW3.shape[0]), int(image_HW3.shape[1])])
