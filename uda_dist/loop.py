@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from uda_dist.config import RunConfig, to_flat_dict
-from uda_dist.data.schema import CLASSES, NUM_CLASSES
+from uda_dist.data.schema import CLASSES, IGNORE_INDEX, NUM_CLASSES
 from uda_dist.data.sources import load_manifest
 from uda_dist.data.webdataset import eval_loader, train_loader
 from uda_dist.metrics import confusion_matrix, iou_per_class, mean_iou
@@ -82,7 +82,8 @@ def evaluate(model: torch.nn.Module, loader: Any, *, device: torch.device, max_b
             break
         batch = _to_device(batch, device)
         pred_BHW = model.segment(batch["image"]).argmax(dim=1)
-        confusion_KK += confusion_matrix(pred_BHW, batch["label"], num_classes=NUM_CLASSES)
+        label_BHW = batch["label"].masked_fill(~batch["valid"].view(-1, 1, 1), IGNORE_INDEX)  # padding items
+        confusion_KK += confusion_matrix(pred_BHW, label_BHW, num_classes=NUM_CLASSES)
     model.train(was_training)
     return confusion_KK.cpu().numpy()
 
