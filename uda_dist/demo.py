@@ -2,7 +2,8 @@
 
 Generates the synthetic benchmark if missing, trains source-only and self-training on it, evaluates both on
 the target validation split, prints a per-class IoU table and writes a picture of target predictions.
-Overrides (--set) apply to every run of the demo, e.g. --set seed=1 or --set train.iterations=100.
+Overrides (--set) apply to every run of the demo that has the key, e.g. --set seed=1 or
+--set method.ema_alpha=0.999 (self-training only).
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import sys
 import numpy as np
 import torch
 
-from uda_dist.config import ConfigError, apply_overrides, format_config
+from uda_dist.config import ConfigError, apply_overrides, format_config, to_flat_dict
 from uda_dist.recipes.synthetic import synthetic_self_training, synthetic_source_only
 
 DEMO_RECIPES = (synthetic_source_only, synthetic_self_training)
@@ -21,7 +22,7 @@ PICTURE_IMAGES = 4
 
 def main(overrides: list[str], *, print_only: bool = False) -> int:
     try:
-        configs = [apply_overrides(recipe(), overrides) for recipe in DEMO_RECIPES]
+        configs = _configs(overrides)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -36,6 +37,17 @@ def main(overrides: list[str], *, print_only: bool = False) -> int:
     picture = _picture(configs, results)
     print(f"\nPredictions on target images: {os.path.abspath(picture)}")
     return 0
+
+
+def _configs(overrides: list[str]) -> list:
+    """The demo's runs with the overrides applied; a key only some runs have (method.ema_alpha) goes to
+    those runs, a key none has is an error."""
+    bases = [recipe() for recipe in DEMO_RECIPES]
+    keys = [text.partition("=")[0].strip() for text in overrides]
+    for text, key in zip(overrides, keys):
+        if not any(key in to_flat_dict(cfg) for cfg in bases):
+            apply_overrides(bases[-1], [text])  # raises the ConfigError that names the key
+    return [apply_overrides(cfg, [t for t, k in zip(overrides, keys) if k in to_flat_dict(cfg)]) for cfg in bases]
 
 
 def _picture(configs: list, results: dict) -> str:

@@ -43,9 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(format_config(cfg))
         return 0
+    from uda_dist.data.schema import SchemaError
     from uda_dist.loop import train_loop
     from uda_dist.report import format_iou_table
-    result = train_loop(cfg)
+    try:
+        result = train_loop(cfg)
+    except (FileNotFoundError, SchemaError) as e:  # missing manifests/weights, malformed shards: no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(format_iou_table({cfg.name: result.iou}))
     return 0
 

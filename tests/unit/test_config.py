@@ -84,3 +84,18 @@ def test_format_config_shows_field_help():
 def test_configs_are_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         RunConfig().seed = 3
+
+
+def test_demo_overrides_go_to_the_runs_that_have_the_key(capsys):
+    from uda_dist import demo
+    so, st = demo._configs(["seed=4", "method.ema_alpha=0.9"])
+    assert so.seed == st.seed == 4 and st.method.ema_alpha == 0.9
+    assert train.main(["--set", "method.ema_alfa=0.9"]) == 2
+    assert "unknown config key 'method.ema_alfa'" in capsys.readouterr().err
+
+
+def test_missing_manifest_is_a_clear_error(capsys, tmp_path):
+    code = train.main(["--recipe", "gta_to_cs_daformer", "--set", f"output_dir={tmp_path}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "manifest 'data/gta5/gta5-train.manifest.json' does not exist" in err
+    assert "Traceback" not in err

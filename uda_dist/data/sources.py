@@ -7,8 +7,9 @@ builders), or by ``synthetic:<domain>/<split>`` for the project's embedded bench
 from __future__ import annotations
 
 import dataclasses
+import os
 
-from uda_dist.data.schema import Manifest, read_manifest
+from uda_dist.data.schema import MANIFEST_SUFFIX, Manifest, read_manifest
 from uda_dist.data.synthetic import SyntheticConfig, resolve_manifest
 from uda_dist.data.webdataset import LoaderConfig
 
@@ -36,4 +37,7 @@ def load_manifest(location: str, synthetic: SyntheticConfig) -> Manifest:
     """Read the manifest of a split, generating the synthetic benchmark first when it is named."""
     if location.startswith(SYNTHETIC_PREFIX):
         location = resolve_manifest(location, synthetic)
+    if not os.path.isfile(location):
+        raise FileNotFoundError(f"manifest {location!r} does not exist: point data.source/target/val at a "
+                                f"*{MANIFEST_SUFFIX} written by the shard builder, or use synthetic:<domain>/<split>")
     return read_manifest(location)

@@ -6,6 +6,8 @@ ImageNet weights; `--print-config` resolves them anywhere. Manifest locations de
 """
 from __future__ import annotations
 
+import dataclasses
+
 from uda_dist.config import RunConfig, TrainConfig
 from uda_dist.data.sources import DataConfig
 from uda_dist.data.webdataset import LoaderConfig
@@ -32,3 +34,13 @@ def gta_to_cs_daformer() -> RunConfig:
         method=SelfTrainingConfig(pl_crop_top=15, pl_crop_bottom=120),
         train=TrainConfig(iterations=40000, eval_every=4000, log_every=50),
     )
+
+
+def gta_to_cs_deeplabv2() -> RunConfig:
+    """DeepLab-V2 variant of gta_to_cs_daformer: ResNet-101 (deep stem, timm resnet101c) at output stride 8,
+    ASPP classifier; optimiser and schedule as the DAFormer recipe."""
+    base = gta_to_cs_daformer()
+    return dataclasses.replace(
+        base, name="gta_to_cs_deeplabv2",
+        model=ModelConfig(backbone="resnet101c", pretrained="weights/resnet101c.pth", head="deeplabv2",
+                          output_stride=8))
