@@ -43,11 +43,13 @@ def _configs(overrides: list[str]) -> list:
     """The demo's runs with the overrides applied; a key only some runs have (method.ema_alpha) goes to
     those runs, a key none has is an error."""
     bases = [recipe() for recipe in DEMO_RECIPES]
+    valid_keys = [set(to_flat_dict(cfg)) for cfg in bases]
     keys = [text.partition("=")[0].strip() for text in overrides]
     for text, key in zip(overrides, keys):
-        if not any(key in to_flat_dict(cfg) for cfg in bases):
+        if not any(key in valid for valid in valid_keys):
             apply_overrides(bases[-1], [text])  # raises the ConfigError that names the key
-    return [apply_overrides(cfg, [t for t, k in zip(overrides, keys) if k in to_flat_dict(cfg)]) for cfg in bases]
+    return [apply_overrides(cfg, [t for t, k in zip(overrides, keys) if k in valid])
+            for cfg, valid in zip(bases, valid_keys)]
 
 
 def _picture(configs: list, results: dict) -> str:
