@@ -37,6 +37,10 @@ def iou_per_class(confusion_KK: np.ndarray) -> np.ndarray:
 def mean_iou(confusion_KK: np.ndarray, classes: list[int] | None = None) -> float:
     """Mean of the defined per-class IoUs (optionally over a class subset, e.g. SYNTHIA's 16)."""
     iou_K = iou_per_class(confusion_KK)
-    if classes is not None:
-        iou_K = iou_K[classes]
+    return mean_of_defined(iou_K[classes] if classes is not None else iou_K)
+
+
+def mean_of_defined(iou_K) -> float:
+    """Mean of the IoUs that are defined (not NaN); NaN when none is."""
+    iou_K = np.asarray(iou_K, dtype=np.float64)
     return float(np.nanmean(iou_K)) if np.isfinite(iou_K).any() else float("nan")

@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from uda_dist.data.schema import CLASSES, IGNORE_INDEX, PALETTE
+from uda_dist.metrics import mean_of_defined
 
 
 def format_iou_table(iou_by_run: dict[str, list[float]], classes: tuple[str, ...] = CLASSES) -> str:
@@ -22,7 +23,7 @@ def format_iou_table(iou_by_run: dict[str, list[float]], classes: tuple[str, ...
             continue
         lines.append(f"{cls:<14}" + "".join(f"{_pct(v):>{width + 2}}" for v in cells))
     lines.append("-" * len(header))
-    means = [float(np.nanmean(iou_by_run[n])) for n in names]
+    means = [mean_of_defined(iou_by_run[n]) for n in names]
     lines.append(f"{'mIoU':<14}" + "".join(f"{_pct(v):>{width + 2}}" for v in means))
     return "\n".join(lines)
 
