@@ -103,7 +103,10 @@ class _Parts:
         self.target = None
         if self.method.needs_target:
             target = load_manifest(data.target, data.synthetic)
-            self.target = _batches(train_loader(target.urls(), cfg=data.loader, labeled=False, seed=cfg.seed + 1))
+            loader = data.loader
+            if loader.target_resize is not None:
+                loader = dataclasses.replace(loader, resize=loader.target_resize)
+            self.target = _batches(train_loader(target.urls(), cfg=loader, labeled=False, seed=cfg.seed + 1))
 
 
 def train_loop(cfg: RunConfig) -> RunResult:

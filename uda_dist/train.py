@@ -14,8 +14,9 @@ from uda_dist.config import ConfigError, apply_overrides, format_config
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m uda_dist.train", description=__doc__.splitlines()[0])
     p.add_argument("--recipe", help="recipe function name (see --list-recipes); default: the embedded demo")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field by dotted key, e.g. optim.lr=1e-4 (repeatable)")
+    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[],
+                   metavar="KEY=VALUE",
+                   help="override config fields by dotted key, e.g. --set optim.lr=1e-4 train.iterations=100")
     p.add_argument("--list-recipes", action="store_true", help="list recipes and exit")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     return p

@@ -15,7 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-RECIPES = ("synthetic_source_only", "synthetic_self_training", "synthetic_oracle")
+RECIPES = ("synthetic_source_only", "synthetic_self_training", "synthetic_sepico_protocl", "synthetic_sepico_bankcl",
+           "synthetic_sepico_distcl", "synthetic_oracle")
 
 
 def run(recipe: str, seed: int, out_dir: str) -> float:

@@ -170,3 +170,27 @@ def test_features_follow_the_image_memory_format():
     assert all(f.is_contiguous() for f in backbone(image_B3HW))
     channels_last = image_B3HW.contiguous(memory_format=torch.channels_last)
     assert all(f.is_contiguous(memory_format=torch.channels_last) for f in backbone(channels_last))
+
+
+def test_init_weights_warm_start_keeps_fresh_projection_head(tmp_path):
+
+    cfg = ModelConfig(backbone="resnet10t", embed_dim=16)
+    torch.manual_seed(0)
+    warm = build_segmentor(cfg)
+    path = str(tmp_path / "student.pt")
+    torch.save(warm.state_dict(), path)
+    torch.manual_seed(1)
+    started = build_segmentor(dataclasses.replace(cfg, init_weights=path, proj_dim=8))
+    for name, tensor in warm.state_dict().items():
+        assert torch.equal(started.state_dict()[name], tensor), name
+    assert started.proj_head is not None
+
+
+def test_init_weights_errors_name_the_problem(tmp_path):
+
+    with pytest.raises(FileNotFoundError, match="init_weights"):
+        build_segmentor(ModelConfig(backbone="resnet10t", embed_dim=16, init_weights=str(tmp_path / "nope.pt")))
+    path = str(tmp_path / "other.pt")
+    torch.save(build_segmentor(ModelConfig(backbone="resnet10t", embed_dim=8)).state_dict(), path)
+    with pytest.raises(ValueError, match="different shape"):
+        build_segmentor(ModelConfig(backbone="resnet10t", embed_dim=16, init_weights=path))

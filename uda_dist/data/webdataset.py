@@ -51,6 +51,9 @@ class LoaderConfig:
     """(H, W) training crop; smaller (resized) images are padded at the bottom/right (image 0, label 255)."""
     resize: tuple[int, int] | None = None
     """(H, W) base size each training image is resized to before random scaling; None keeps its own size."""
+    target_resize: tuple[int, int] | None = None
+    """(H, W) base size of the TARGET domain's training images when it differs from the source's (DAFormer:
+    GTA5 720x1280, Cityscapes 512x1024); None = ``resize``."""
     scale_range: tuple[float, float] = (1.0, 1.0)
     """Random rescale factor ~ U(low, high) applied to the base size (mmseg ratio_range)."""
     cat_max_ratio: float = 0.75
@@ -75,8 +78,9 @@ class LoaderConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         self._set_pair("crop_size", int)
-        if self.resize is not None:
-            self._set_pair("resize", int)
+        for name in ("resize", "target_resize"):
+            if getattr(self, name) is not None:
+                self._set_pair(name, int)
         self._set_pair("scale_range", float)
         if self.scale_range[0] > self.scale_range[1]:
             raise ValueError(f"scale_range must be (low, high) with low <= high, got {self.scale_range}")

@@ -126,32 +126,43 @@ class SelfTraining(Method):
         self.generator = torch.Generator().manual_seed(seed)
         self._log: dict[str, torch.Tensor] = {}
 
-    def teacher_predict(self, image_B3HW: torch.Tensor) -> torch.Tensor:
-        """Teacher logits at image size; dropout/drop-path off, BatchNorm on batch statistics (DAFormer)."""
+    def _teacher_mode(self) -> nn.Module:
+        """The teacher as it labels: dropout/drop-path off, BatchNorm on batch statistics (DAFormer)."""
         self.teacher.train()
         for m in self.teacher.modules():
             if isinstance(m, nn.modules.dropout._DropoutNd) or type(m).__name__ == "DropPath":
                 m.eval()
-        with torch.no_grad():
-            return self.teacher.segment(image_B3HW)
+        return self.teacher
 
-    def losses(self, student, source, target, step):
+    def teacher_predict(self, image_B3HW: torch.Tensor) -> torch.Tensor:
+        """Teacher logits at image size."""
+        with torch.no_grad():
+            return self._teacher_mode().segment(image_B3HW)
+
+    def target_pseudo_labels(self, target: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(label_BHW, weight_BHW, q) from the teacher on the un-augmented target image."""
         cfg = self.cfg
-        logits_src_BKHW = student.segment(source["image"])
-        pl_BHW, pl_weight_BHW, q = pseudo_labels(self.teacher_predict(target["image"]),
-                                                  threshold=cfg.pseudo_threshold,
-                                                  crop_top=cfg.pl_crop_top, crop_bottom=cfg.pl_crop_bottom)
-        mask_BHW = class_mix_masks(source["label"], num_classes=logits_src_BKHW.shape[1], generator=self.generator)
+        return pseudo_labels(self.teacher_predict(target["image"]), threshold=cfg.pseudo_threshold,
+                             crop_top=cfg.pl_crop_top, crop_bottom=cfg.pl_crop_bottom)
+
+    def mix_loss(self, student: nn.Module, source: dict[str, Any], target: dict[str, Any],
+                 pl_BHW: torch.Tensor, pl_weight_BHW: torch.Tensor) -> torch.Tensor:
+        """Weighted CE of the student on the strongly augmented ClassMix image (source pasted on target)."""
+        mask_BHW = class_mix_masks(source["label"], num_classes=student.cfg.num_classes, generator=self.generator)
         mixed_B3HW = mix(mask_BHW, source["image"], target["image"])
-        mixed_B3HW = strong_photometric(mixed_B3HW, generator=self.generator, cfg=cfg.strong_aug)
+        mixed_B3HW = strong_photometric(mixed_B3HW, generator=self.generator, cfg=self.cfg.strong_aug)
         mixed_label_BHW = mix(mask_BHW, source["label"], pl_BHW)
         mixed_weight_BHW = mix(mask_BHW, torch.ones_like(pl_weight_BHW), pl_weight_BHW)
         logits_mix_BKHW = student.segment(mixed_B3HW)
+        return self.cfg.pseudo_weight * cross_entropy(logits_mix_BKHW, mixed_label_BHW, weight_BHW=mixed_weight_BHW)
+
+    def losses(self, student, source, target, step):
+        logits_src_BKHW = student.segment(source["image"])
+        pl_BHW, pl_weight_BHW, q = self.target_pseudo_labels(target)
         self._log = {"pseudo.confident_ratio": q.detach()}
         return {
-            "source.ce": cfg.source_weight * cross_entropy(logits_src_BKHW, source["label"]),
-            "mix.ce": cfg.pseudo_weight * cross_entropy(logits_mix_BKHW, mixed_label_BHW,
-                                                        weight_BHW=mixed_weight_BHW),
+            "source.ce": self.cfg.source_weight * cross_entropy(logits_src_BKHW, source["label"]),
+            "mix.ce": self.mix_loss(student, source, target, pl_BHW, pl_weight_BHW),
         }
 
     def after_step(self, student, step):

@@ -18,6 +18,7 @@ Differences on purpose:
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +40,9 @@ class ModelConfig:
     """Any timm model name that supports features_only; its last 4 feature levels are used."""
     pretrained: str = ""
     """Local weight file (.pth/.pt/.safetensors) for the backbone; "" = random init. Never downloaded."""
+    init_weights: str = ""
+    """Whole-model state dict to start from (e.g. a source-only run's student.pt: the warm start of the
+    synthetic recipes); heads the file lacks (a new projection head) keep their fresh init. "" = none."""
     output_stride: int = 32
     """Stride of the last encoder level: 8, 16 or 32 (8 for DeepLab-V2's ResNet-101; CNN backbones only)."""
     head: str = "daformer"
@@ -113,6 +117,8 @@ class Segmentor(nn.Module):
         self.proj_head: ProjectionHead | None = None
         if cfg.proj_dim > 0:
             self.proj_head = ProjectionHead(channels, proj_dim=cfg.proj_dim, concat_levels=cfg.head == "daformer")
+        if cfg.init_weights:
+            load_model_weights(self, cfg.init_weights)
         self.register_buffer("mean_3", torch.tensor(self.backbone.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std_3", torch.tensor(self.backbone.std).view(1, 3, 1, 1), persistent=False)
 
@@ -127,6 +133,12 @@ class Segmentor(nn.Module):
         logits_BKhw = self.decode_head(feats)
         proj_BDhw = self.proj_head(feats) if with_proj and self.proj_head is not None else None
         return SegOutput(logits_BKhw=logits_BKhw, proj_BDhw=proj_BDhw)
+
+    def project(self, image_B3HW: torch.Tensor) -> torch.Tensor:
+        """Projection features only (encoder + projection head, no decode head): proj_BDhw."""
+        if self.proj_head is None:
+            raise ValueError("this model has no projection head: set model.proj_dim > 0")
+        return self.proj_head(self.backbone((image_B3HW - self.mean_3) / self.std_3))
 
     def segment(self, image_B3HW: torch.Tensor) -> torch.Tensor:
         """logits_BKHW bilinearly resized (align_corners=False) to the input size."""
@@ -168,6 +180,23 @@ def _split_by_decay(modules: list[nn.Module]) -> tuple[list[nn.Parameter], list[
 def _is_leaf_norm(module: nn.Module) -> bool:
     """A normalisation layer that is not a torch subclass (e.g. timm's RmsNorm): by class name, leaf only."""
     return "norm" in type(module).__name__.lower() and next(module.children(), None) is None
+
+
+def load_model_weights(model: nn.Module, path: str, *, fresh_prefixes: tuple[str, ...] = ("proj_head.",)) -> None:
+    """Load a whole-model state dict: every entry must fit by name and shape, and every model entry must be in
+    the file except those under ``fresh_prefixes`` (heads a warm start adds, which keep their init)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"model.init_weights {path!r} does not exist (a student.pt written by an earlier "
+                                f"run: outputs/<name>/student.pt)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    own = model.state_dict()
+    unexpected = sorted(set(state) - set(own))
+    misshaped = sorted(k for k in set(state) & set(own) if state[k].shape != own[k].shape)
+    missing = sorted(k for k in set(own) - set(state) if not k.startswith(fresh_prefixes))
+    if unexpected or misshaped or missing:
+        raise ValueError(f"model.init_weights {path!r} does not fit this model: unexpected {unexpected[:5]}, "
+                         f"different shape {misshaped[:5]}, missing {missing[:5]}")
+    model.load_state_dict(state, strict=False)
 
 
 def build_segmentor(cfg: ModelConfig) -> Segmentor:
