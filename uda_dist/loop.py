@@ -22,7 +22,7 @@ from tqdm import tqdm
 from uda_dist.config import RunConfig, to_flat_dict
 from uda_dist.data.schema import CLASSES, IGNORE_INDEX, NUM_CLASSES
 from uda_dist.data.sources import load_manifest
-from uda_dist.data.webdataset import eval_loader, train_loader
+from uda_dist.data.webdataset import eval_loader, target_loader_config, train_loader
 from uda_dist.metrics import confusion_matrix, iou_per_class, mean_iou
 from uda_dist.model.segmentor import build_segmentor
 from uda_dist.optim import LocalEngine
@@ -103,10 +103,8 @@ class _Parts:
         self.target = None
         if self.method.needs_target:
             target = load_manifest(data.target, data.synthetic)
-            loader = data.loader
-            if loader.target_resize is not None:
-                loader = dataclasses.replace(loader, resize=loader.target_resize)
-            self.target = _batches(train_loader(target.urls(), cfg=loader, labeled=False, seed=cfg.seed + 1))
+            self.target = _batches(train_loader(target.urls(), cfg=target_loader_config(data.loader), labeled=False,
+                                                seed=cfg.seed + 1))
 
 
 def train_loop(cfg: RunConfig) -> RunResult:

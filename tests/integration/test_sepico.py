@@ -68,3 +68,27 @@ def test_pl_crop_rows_are_ignored_in_the_target_contrast():
 def test_needs_a_projection_head():
     with pytest.raises(ValueError, match="proj_dim"):
         SePiCoConfig().build(_student(proj_dim=0), seed=0)
+
+
+def test_class_balanced_window_prefers_the_window_with_more_classes():
+    from uda_dist.methods.sepico import class_balanced_windows
+    label = torch.zeros(1, 8, 16, dtype=torch.long)  # left half: one class
+    label[0, :, 8:] = torch.arange(8).repeat(8, 1)  # right half: eight classes in columns
+    label[0, 0, :] = 255
+    tops, lefts = class_balanced_windows(label, size=(8, 8), candidates=20, num_classes=19,
+                                         generator=torch.Generator().manual_seed(0))
+    assert tops.tolist() == [0] and lefts.tolist() == [8]
+    tops, lefts = class_balanced_windows(label.repeat(3, 1, 1), size=(4, 5), candidates=1, num_classes=19,
+                                         generator=torch.Generator().manual_seed(1))
+    assert ((tops >= 0) & (tops <= 4)).all() and ((lefts >= 0) & (lefts <= 11)).all()
+    with pytest.raises(ValueError, match="target_crop_size"):
+        class_balanced_windows(label, size=(9, 8), candidates=2, num_classes=19, generator=torch.Generator())
+
+
+def test_class_balanced_crop_cuts_a_larger_target_to_the_source_size():
+    student = _student()
+    method = SePiCoConfig(start_step=0, class_balanced_crops=4).build(student, seed=0)
+    target = _batch(1, H=48, W=64)
+    losses = method.losses(student, _batch(0), target, step=0)
+    assert {"source.contrast", "target.contrast", "mix.ce"} <= set(losses)
+    assert all(torch.isfinite(v) for v in losses.values())

@@ -134,6 +134,7 @@ def test_eval_refuses_to_batch_mixed_sizes(tmp_path):
     (dict(batch_size=0), "batch_size"),
     (dict(crop_size=(0, 8)), "crop_size"),
     (dict(resize=(8,)), "resize"),
+    (dict(target_resize=(8, -1)), "target_resize"),
     (dict(scale_range=(2.0, 1.0)), "low <= high"),
     (dict(scale_range=(0.0, 1.0)), "scale_range"),
     (dict(cat_max_ratio=0.0), "cat_max_ratio"),
@@ -145,8 +146,8 @@ def test_loader_config_rejects_bad_values(fields, message):
 
 
 def test_loader_config_stores_pairs_as_tuples():
-    cfg = LoaderConfig(crop_size=[8, 12], scale_range=[1, 2])
-    assert cfg.crop_size == (8, 12) and cfg.scale_range == (1.0, 2.0)
+    cfg = LoaderConfig(crop_size=[8, 12], scale_range=[1, 2], target_resize=[16, 32])
+    assert cfg.crop_size == (8, 12) and cfg.scale_range == (1.0, 2.0) and cfg.target_resize == (16, 32)
 
 
 def test_loader_arguments_are_checked(urls):

@@ -54,6 +54,9 @@ class LoaderConfig:
     target_resize: tuple[int, int] | None = None
     """(H, W) base size of the TARGET domain's training images when it differs from the source's (DAFormer:
     GTA5 720x1280, Cityscapes 512x1024); None = ``resize``."""
+    target_crop_size: tuple[int, int] | None = None
+    """(H, W) training crop of the TARGET domain when it differs from ``crop_size`` (SePiCo's class-balanced
+    crop draws source-sized windows from a larger target crop); None = ``crop_size``."""
     scale_range: tuple[float, float] = (1.0, 1.0)
     """Random rescale factor ~ U(low, high) applied to the base size (mmseg ratio_range)."""
     cat_max_ratio: float = 0.75
@@ -78,7 +81,7 @@ class LoaderConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         self._set_pair("crop_size", int)
-        for name in ("resize", "target_resize"):
+        for name in ("resize", "target_resize", "target_crop_size"):
             if getattr(self, name) is not None:
                 self._set_pair(name, int)
         self._set_pair("scale_range", float)
@@ -93,6 +96,12 @@ class LoaderConfig:
         if len(value) != 2 or any(kind(v) != v or v <= 0 for v in value):
             raise ValueError(f"{name} must be two positive {kind.__name__}s, got {value!r}")
         object.__setattr__(self, name, (kind(value[0]), kind(value[1])))
+
+
+def target_loader_config(cfg: LoaderConfig) -> LoaderConfig:
+    """The loader config of the target domain's training stream: its own base size and crop when set."""
+    return dataclasses.replace(cfg, resize=cfg.target_resize or cfg.resize,
+                               crop_size=cfg.target_crop_size or cfg.crop_size)
 
 
 class TrainLoader(torch.utils.data.DataLoader):

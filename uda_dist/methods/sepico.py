@@ -60,6 +60,10 @@ class SePiCoConfig(SelfTrainingConfig):
     """BankCL: per-class memory bank length (last M per-batch class means)."""
     label_min_share: float = 0.75
     """Labels on the feature grid: keep the majority class where its share of the pooled pixels is >= this."""
+    class_balanced_crops: int = 0
+    """SePiCo's class-balanced target crop: from each (larger) target crop, take the best of this many random
+    source-sized windows by the teacher's pseudo-labels, then label the window again; 0 = off. Needs
+    data.loader.target_crop_size larger than crop_size (SePiCo: 10)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -69,6 +73,8 @@ class SePiCoConfig(SelfTrainingConfig):
             raise ValueError("contrast_weight, reg_weight and start_step must be >= 0")
         if self.bank_size < 1:
             raise ValueError(f"bank_size must be >= 1, got {self.bank_size}")
+        if self.class_balanced_crops < 0:
+            raise ValueError(f"class_balanced_crops must be >= 0, got {self.class_balanced_crops}")
         if not 0.0 < self.label_min_share <= 1.0:
             raise ValueError(f"label_min_share must be in (0, 1], got {self.label_min_share}")
 
@@ -89,6 +95,8 @@ class SePiCo(SelfTraining):
 
     def losses(self, student, source, target, step):
         cfg = self.cfg
+        if cfg.class_balanced_crops:
+            target = self.class_balanced_target(target, size=tuple(source["image"].shape[-2:]))
         pl_BHW, pl_weight_BHW, q = self.target_pseudo_labels(target)
         self.update_statistics(source)
         contrast_on = step >= cfg.start_step
@@ -104,6 +112,16 @@ class SePiCo(SelfTraining):
         losses["mix.ce"] = self.mix_loss(student, source, target, pl_BHW, pl_weight_BHW)
         self._log = {"pseudo.confident_ratio": q.detach(), "stats.classes_seen": self.stats.seen_K.sum().float()}
         return losses
+
+    def class_balanced_target(self, target: dict[str, Any], *, size: tuple[int, int]) -> dict[str, Any]:
+        """The target batch cut to ``size`` at the windows whose pseudo-labels are the most class-balanced."""
+        label_BHW = self.teacher_predict(target["image"]).argmax(dim=1)
+        tops_B, lefts_B = class_balanced_windows(label_BHW, size=size, candidates=self.cfg.class_balanced_crops,
+                                                 num_classes=self.stats.num_classes, generator=self.generator)
+        h, w = size
+        image_B3HW = torch.stack([img[:, t:t + h, l:l + w] for img, t, l in
+                                  zip(target["image"], tops_B.tolist(), lefts_B.tolist())])
+        return {**target, "image": image_B3HW}
 
     @torch.no_grad()
     def update_statistics(self, source: dict[str, Any]) -> None:
@@ -149,6 +167,31 @@ class SePiCo(SelfTraining):
         super().load_state_dict({k: state[k] for k in ("teacher", "generator")})
         self.stats.load_state_dict(state["stats"])
         self.bank.load_state_dict(state["bank"])
+
+
+def class_balanced_windows(label_BHW: torch.Tensor, *, size: tuple[int, int], candidates: int, num_classes: int,
+                           generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image, the top-left corner (tops_B, lefts_B, CPU) of the best of ``candidates`` random windows of
+    ``size``, scored as in SePiCo by sum over the classes present in the window of log(pixel count); ties go to
+    the first drawn window. Ignored pixels (255) do not count. Reads the window scores on the host (one sync per
+    step, only when the option is on)."""
+    B, H, W = label_BHW.shape
+    h, w = size
+    if h > H or w > W:
+        raise ValueError(f"class-balanced crop of {h}x{w} does not fit target images of {H}x{W}: set "
+                         f"data.loader.target_crop_size to at least the source crop")
+    tops_BC = torch.randint(0, H - h + 1, (B, candidates), generator=generator)
+    lefts_BC = torch.randint(0, W - w + 1, (B, candidates), generator=generator)
+    flat_BN = torch.where(label_BHW == IGNORE_INDEX, num_classes, label_BHW)
+    scores_BC = torch.zeros(B, candidates, dtype=torch.float64)
+    for b in range(B):
+        for c, (t, l) in enumerate(zip(tops_BC[b].tolist(), lefts_BC[b].tolist())):
+            counts_K = torch.bincount(flat_BN[b, t:t + h, l:l + w].reshape(-1), minlength=num_classes + 1)
+            counts_K = counts_K[:num_classes].double().cpu()
+            scores_BC[b, c] = torch.where(counts_K > 0, counts_K.log(), 0.0).sum()
+    best_B = scores_BC.argmax(dim=1)
+    rows_B = torch.arange(B)
+    return tops_BC[rows_B, best_B], lefts_BC[rows_B, best_B]
 
 
 def _pixels(feat_BDhw: torch.Tensor) -> torch.Tensor:

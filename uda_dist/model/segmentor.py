@@ -41,8 +41,8 @@ class ModelConfig:
     pretrained: str = ""
     """Local weight file (.pth/.pt/.safetensors) for the backbone; "" = random init. Never downloaded."""
     init_weights: str = ""
-    """Whole-model state dict to start from (e.g. a source-only run's student.pt: the warm start of the
-    synthetic recipes); heads the file lacks (a new projection head) keep their fresh init. "" = none."""
+    """Whole-model state dict to start from (e.g. a source-only run's outputs/<name>/student.pt, to adapt a
+    source-trained model); heads the file lacks (a new projection head) keep their fresh init. "" = none."""
     output_stride: int = 32
     """Stride of the last encoder level: 8, 16 or 32 (8 for DeepLab-V2's ResNet-101; CNN backbones only)."""
     head: str = "daformer"
