@@ -92,3 +92,15 @@ def test_class_balanced_crop_cuts_a_larger_target_to_the_source_size():
     losses = method.losses(student, _batch(0), target, step=0)
     assert {"source.contrast", "target.contrast", "mix.ce"} <= set(losses)
     assert all(torch.isfinite(v) for v in losses.values())
+
+
+@pytest.mark.parametrize("strong_source", [True, False])
+def test_source_pass_sees_the_weak_image_only_when_asked(strong_source):
+    student = _student()
+    method = SePiCoConfig(start_step=0, strong_source=strong_source).build(student, seed=0)
+    seen = []
+    forward = student.forward
+    student.forward = lambda image, **kw: seen.append(image) or forward(image, **kw)  # after the teacher copy
+    source = _batch(0)
+    method.losses(student, source, _batch(1), step=0)
+    assert torch.equal(seen[0], source["image"]) != strong_source

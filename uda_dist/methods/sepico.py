@@ -60,6 +60,9 @@ class SePiCoConfig(SelfTrainingConfig):
     """BankCL: per-class memory bank length (last M per-batch class means)."""
     label_min_share: float = 0.75
     """Labels on the feature grid: keep the majority class where its share of the pooled pixels is >= this."""
+    strong_source: bool = True
+    """Student's source pass (CE and source contrast) on the strongly augmented source, as METHODS.md section
+    1 states; False = the weak source image, as self-training's source CE."""
     class_balanced_crops: int = 0
     """SePiCo's class-balanced target crop: from each (larger) target crop, take the best of this many random
     source-sized windows by the teacher's pseudo-labels, then label the window again; 0 = off. Needs
@@ -100,8 +103,10 @@ class SePiCo(SelfTraining):
         pl_BHW, pl_weight_BHW, q = self.target_pseudo_labels(target)
         self.update_statistics(source)
         contrast_on = step >= cfg.start_step
-        out_src = student(strong_photometric(source["image"], generator=self.generator, cfg=cfg.strong_aug),
-                          with_proj=contrast_on)
+        source_B3HW = source["image"]
+        if cfg.strong_source:
+            source_B3HW = strong_photometric(source_B3HW, generator=self.generator, cfg=cfg.strong_aug)
+        out_src = student(source_B3HW, with_proj=contrast_on)
         logits_src_BKHW = F.interpolate(out_src.logits_BKhw, size=source["label"].shape[-2:], mode="bilinear",
                                         align_corners=False)
         losses = {"source.ce": cfg.source_weight * cross_entropy(logits_src_BKHW, source["label"])}
