@@ -82,12 +82,15 @@ def pseudo_labels(logits_BKHW: torch.Tensor, *, threshold: float, crop_top: int 
     prob_BKHW = torch.softmax(logits_BKHW.detach().float(), dim=1)
     max_prob_BHW, label_BHW = prob_BKHW.max(dim=1)
     q = (max_prob_BHW >= threshold).float().mean()
-    weight_BHW = q.expand_as(max_prob_BHW).clone()
-    if crop_top:
-        weight_BHW[:, :crop_top] = 0.0
-    if crop_bottom:
-        weight_BHW[:, weight_BHW.shape[1] - crop_bottom:] = 0.0
+    cropped_H = pl_crop_rows(label_BHW.shape[1], top=crop_top, bottom=crop_bottom, device=label_BHW.device)
+    weight_BHW = q.expand_as(max_prob_BHW).masked_fill(cropped_H.view(1, -1, 1), 0.0)
     return label_BHW, weight_BHW, q
+
+
+def pl_crop_rows(height: int, *, top: int, bottom: int, device: torch.device | None = None) -> torch.Tensor:
+    """bool [H]: the PL-crop rows (the first ``top`` and the last ``bottom``), whose pseudo-labels are not used."""
+    rows_H = torch.arange(height, device=device)
+    return (rows_H < top) | (rows_H >= height - bottom)
 
 
 def class_mix_masks(label_BHW: torch.Tensor, *, num_classes: int, generator: torch.Generator) -> torch.Tensor:

@@ -35,7 +35,7 @@ from uda_dist.data.augment import strong_photometric
 from uda_dist.losses.contrast import (bank_contrast, contrast_regularizer, dist_contrast, downscale_labels,
                                       proto_contrast)
 from uda_dist.losses.segmentation import IGNORE_INDEX, cross_entropy
-from uda_dist.methods.self_training import SelfTraining, SelfTrainingConfig
+from uda_dist.methods.self_training import SelfTraining, SelfTrainingConfig, pl_crop_rows
 from uda_dist.stats.class_stats import ClassStatistics
 from uda_dist.stats.memory_bank import ClassMemoryBank
 
@@ -158,11 +158,8 @@ class SePiCo(SelfTraining):
 
     def _pl_crop(self, pl_BHW: torch.Tensor) -> torch.Tensor:
         """Pseudo-labels for the target contrast: all pixels, except the PL-crop rows (ignored)."""
-        top, bottom = self.cfg.pl_crop_top, self.cfg.pl_crop_bottom
-        if not (top or bottom):
-            return pl_BHW
-        rows_H = torch.arange(pl_BHW.shape[1], device=pl_BHW.device)
-        cropped_H = (rows_H < top) | (rows_H >= pl_BHW.shape[1] - bottom)
+        cropped_H = pl_crop_rows(pl_BHW.shape[1], top=self.cfg.pl_crop_top, bottom=self.cfg.pl_crop_bottom,
+                                 device=pl_BHW.device)
         return pl_BHW.masked_fill(cropped_H.view(1, -1, 1), IGNORE_INDEX)
 
     def state_dict(self) -> dict[str, Any]:
@@ -178,7 +175,7 @@ def class_balanced_windows(label_BHW: torch.Tensor, *, size: tuple[int, int], ca
                            generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Per image, the top-left corner (tops_B, lefts_B, CPU) of the best of ``candidates`` random windows of
     ``size``, scored as in SePiCo by sum over the classes present in the window of log(pixel count); ties go to
-    the first drawn window. Ignored pixels (255) do not count. Reads the window scores on the host (one sync per
+    the first drawn window. Ignored pixels (255) do not count. Reads the best window's index on the host (one sync per
     step, only when the option is on)."""
     B, H, W = label_BHW.shape
     h, w = size
@@ -187,14 +184,13 @@ def class_balanced_windows(label_BHW: torch.Tensor, *, size: tuple[int, int], ca
                          f"data.loader.target_crop_size to at least the source crop")
     tops_BC = torch.randint(0, H - h + 1, (B, candidates), generator=generator)
     lefts_BC = torch.randint(0, W - w + 1, (B, candidates), generator=generator)
-    flat_BN = torch.where(label_BHW == IGNORE_INDEX, num_classes, label_BHW)
-    scores_BC = torch.zeros(B, candidates, dtype=torch.float64)
-    for b in range(B):
-        for c, (t, l) in enumerate(zip(tops_BC[b].tolist(), lefts_BC[b].tolist())):
-            counts_K = torch.bincount(flat_BN[b, t:t + h, l:l + w].reshape(-1), minlength=num_classes + 1)
-            counts_K = counts_K[:num_classes].double().cpu()
-            scores_BC[b, c] = torch.where(counts_K > 0, counts_K.log(), 0.0).sum()
-    best_B = scores_BC.argmax(dim=1)
+    slot_BHW = torch.where(label_BHW == IGNORE_INDEX, num_classes, label_BHW)
+    counts_BCK = torch.stack([
+        torch.stack([torch.bincount(slot_BHW[b, t:t + h, l:l + w].reshape(-1), minlength=num_classes + 1)
+                     for t, l in zip(tops_BC[b].tolist(), lefts_BC[b].tolist())])
+        for b in range(B)])[..., :num_classes].double()
+    scores_BC = torch.where(counts_BCK > 0, counts_BCK.log(), 0.0).sum(dim=-1)
+    best_B = scores_BC.argmax(dim=1).cpu()
     rows_B = torch.arange(B)
     return tops_BC[rows_B, best_B], lefts_BC[rows_B, best_B]
 

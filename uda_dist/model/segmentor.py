@@ -129,7 +129,7 @@ class Segmentor(nn.Module):
 
     def forward(self, image_B3HW: torch.Tensor, *, with_proj: bool = False) -> SegOutput:
         """Image in [0, 1] -> logits at the head's grid (+ projection features when asked and configured)."""
-        feats = self.backbone((image_B3HW - self.mean_3) / self.std_3)
+        feats = self._features(image_B3HW)
         logits_BKhw = self.decode_head(feats)
         proj_BDhw = self.proj_head(feats) if with_proj and self.proj_head is not None else None
         return SegOutput(logits_BKhw=logits_BKhw, proj_BDhw=proj_BDhw)
@@ -138,7 +138,11 @@ class Segmentor(nn.Module):
         """Projection features only (encoder + projection head, no decode head): proj_BDhw."""
         if self.proj_head is None:
             raise ValueError("this model has no projection head: set model.proj_dim > 0")
-        return self.proj_head(self.backbone((image_B3HW - self.mean_3) / self.std_3))
+        return self.proj_head(self._features(image_B3HW))
+
+    def _features(self, image_B3HW: torch.Tensor) -> list[torch.Tensor]:
+        """Encoder feature levels of an image in [0, 1] (normalised with the backbone's mean and std)."""
+        return self.backbone((image_B3HW - self.mean_3) / self.std_3)
 
     def segment(self, image_B3HW: torch.Tensor) -> torch.Tensor:
         """logits_BKHW bilinearly resized (align_corners=False) to the input size."""
