@@ -51,6 +51,16 @@ def test_output_stride_8_resnet():
     assert out.logits_BKhw.shape[-2:] == (8, 12) and out.proj_BDhw.shape[-2:] == (8, 12)
 
 
+@pytest.mark.parametrize("head, hidden, expected", [("daformer", 0, 240), ("daformer", 16, 16), ("deeplabv2", 0, 512)])
+def test_projection_hidden_width(head, hidden, expected):
+    """The reference width (resnet10t's levels 64+128+256+512 concatenated, // 4 = 240; DeepLab-V2: layer4's
+    512) or the given one."""
+    model = build_segmentor(ModelConfig(backbone="resnet10t", head=head, proj_dim=8, proj_hidden=hidden, **SMALL))
+    convs = [m for m in model.proj_head.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(convs[0].in_channels, expected), (expected, 8)]
+    assert convs[0].in_channels == (960 if head == "daformer" else 512)
+
+
 def test_output_stride_unsupported_is_a_clear_error():
     with pytest.raises(ValueError, match="pvt_v2_b0.*does not support output_stride=8"):
         build_segmentor(ModelConfig(backbone="pvt_v2_b0", output_stride=8))
@@ -61,6 +71,7 @@ def test_output_stride_unsupported_is_a_clear_error():
     [
         (dict(head="segformer"), r"head must be one of \['daformer', 'deeplabv2'\]"),
         (dict(proj_dim=-1), "proj_dim must be >= 0"),
+        (dict(proj_hidden=-1), "proj_hidden must be >= 0"),
         (dict(embed_dim=0), "embed_dim must be > 0"),
         (dict(dropout=1.0), r"dropout must be in \[0, 1\)"),
         (dict(output_stride=4), "output_stride must be 8, 16 or 32"),

@@ -21,8 +21,9 @@ ProjectionHead -- Xie et al., "SePiCo", TPAMI 2023; reference BIT-DA/SePiCo
   x = cat of all levels resized to the first level's grid (DAFormer) or the last level (DeepLab-V2);
   z = normalize( ReLU(BN(conv1x1( ReLU(BN(conv1x1(x))) ))) ) over channels, as ../shared/METHODS.md Sec. 1
   states. Hidden width: in_channels // number of concatenated levels (the reference's mid_channels: 256
-  for MiT-B5's 1024, 2048 for ResNet-101's layer4). Because of the final ReLU, z >= 0 elementwise; a pixel
-  whose D channels are all 0 stays the zero vector (F.normalize's eps), not a unit vector.
+  for MiT-B5's 1024, 2048 for ResNet-101's layer4), or ``hidden`` when given (a CPU-sized option). Because
+  of the final ReLU, z >= 0 elementwise; a pixel whose D channels are all 0 stays the zero vector
+  (F.normalize's eps), not a unit vector.
 Differences on purpose: the DAFormer fusion input's lowest stride is that of the first used level (see
 backbone.py), and initialisation follows mmcv's defaults only approximately (Kaiming normal, fan_out, for
 convs followed by BN; N(0, 0.01^2) for classifiers; PyTorch's default for the embedding layers).
@@ -109,11 +110,11 @@ class DeepLabV2Head(nn.Module):
 class ProjectionHead(nn.Module):
     """SePiCo projection: conv1x1-BN-ReLU -> conv1x1-BN-ReLU to D -> L2-normalise over channels."""
 
-    def __init__(self, in_channels: Sequence[int], *, proj_dim: int, concat_levels: bool):
+    def __init__(self, in_channels: Sequence[int], *, proj_dim: int, concat_levels: bool, hidden: int = 0):
         super().__init__()
         self.concat_levels = concat_levels
         in_ch = sum(in_channels) if concat_levels else in_channels[-1]
-        mid_ch = in_ch // len(in_channels) if concat_levels else in_ch
+        mid_ch = hidden or (in_ch // len(in_channels) if concat_levels else in_ch)
         self.proj = nn.Sequential(*conv_bn_relu(in_ch, mid_ch), *conv_bn_relu(mid_ch, proj_dim))
 
     def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -60,6 +60,9 @@ class ModelConfig:
     """Stochastic depth rate passed to the backbone (timm drop_path_rate), in [0, 1); 0 = not passed."""
     proj_dim: int = 0
     """SePiCo projection-head output dim D (SePiCo: 512); 0 = no projection head."""
+    proj_hidden: int = 0
+    """Projection head's hidden width; 0 = the reference's (input channels // concatenated levels: 256 for
+    MiT-B5, 2048 for ResNet-101's layer4)."""
     num_classes: int = 19
     """Number of segmentation classes K."""
 
@@ -77,6 +80,8 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.output_stride must be 8, 16 or 32, got {self.output_stride}")
         if self.embed_dim <= 0:
             raise ValueError(f"ModelConfig.embed_dim must be > 0, got {self.embed_dim}")
+        if self.proj_hidden < 0:
+            raise ValueError(f"ModelConfig.proj_hidden must be >= 0 (0 = the reference width), got {self.proj_hidden}")
         if self.proj_dim < 0:
             raise ValueError(f"ModelConfig.proj_dim must be >= 0 (0 = no projection head), got {self.proj_dim}")
         if self.num_classes < 1:
@@ -116,7 +121,8 @@ class Segmentor(nn.Module):
             self.decode_head = DeepLabV2Head(channels[-1], dilations=cfg.aspp_dilations, num_classes=cfg.num_classes)
         self.proj_head: ProjectionHead | None = None
         if cfg.proj_dim > 0:
-            self.proj_head = ProjectionHead(channels, proj_dim=cfg.proj_dim, concat_levels=cfg.head == "daformer")
+            self.proj_head = ProjectionHead(channels, proj_dim=cfg.proj_dim, hidden=cfg.proj_hidden,
+                                            concat_levels=cfg.head == "daformer")
         if cfg.init_weights:
             load_model_weights(self, cfg.init_weights)
         self.register_buffer("mean_3", torch.tensor(self.backbone.mean).view(1, 3, 1, 1), persistent=False)
