@@ -1,8 +1,8 @@
 """Recipes on the embedded synthetic domain-shift benchmark (CPU-sized: minutes on 2 cores).
 
 The model is a small timm backbone trained from scratch (no pretrained weights can be fetched here), so the
-learning rate is higher than DAFormer's fine-tuning rate (2e-3; 1e-3 left self-training 1-2 points lower at
-these lengths) and the warm-up short. The DAFormer head keeps only the dilation-1 fusion branch
+learning rate is higher than DAFormer's fine-tuning rate (2e-3: over 1e-3 it lifted self-training from 33.1
+to 34.3 at 500 steps, seed 0, previous head) and the warm-up short. The DAFormer head keeps only the dilation-1 fusion branch
 (``fusion_dilations=(1,)``): on 2 CPU cores the depthwise dilated branches took 45% of a training step
 (0.28 s -> 0.15 s per batch of 4, measured), which buys the 700 steps self-training needs to pull clear of
 source-only inside the demo's 10 minutes (README has the probes). The runs are 700 steps, not 40k, so the
