@@ -15,6 +15,8 @@ import typing
 from typing import Any, Literal, Union
 
 from uda_dist.data.sources import DataConfig
+from uda_dist.dist.engine import EngineConfig
+from uda_dist.launch import LaunchConfig
 from uda_dist.methods.base import MethodConfig
 from uda_dist.model.segmentor import ModelConfig
 from uda_dist.optim import OptimConfig
@@ -62,6 +64,8 @@ class RunConfig:
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     method: MethodConfig = dataclasses.field(default_factory=MethodConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    engine: EngineConfig = dataclasses.field(default_factory=EngineConfig)
+    launch: LaunchConfig = dataclasses.field(default_factory=LaunchConfig)
 
 
 # ---------------------------------------------------------------- overrides

@@ -25,7 +25,8 @@ from uda_dist.data.sources import load_manifest
 from uda_dist.data.webdataset import eval_loader, target_loader_config, train_loader
 from uda_dist.metrics import confusion_matrix, iou_per_class, mean_iou
 from uda_dist.model.segmentor import build_segmentor
-from uda_dist.optim import LocalEngine
+from uda_dist.dist import collectives
+from uda_dist.dist.engine import build_engine
 from uda_dist.step import train_step
 
 
@@ -85,7 +86,7 @@ def evaluate(model: torch.nn.Module, loader: Any, *, device: torch.device, max_b
         label_BHW = batch["label"].masked_fill(~batch["valid"].view(-1, 1, 1), IGNORE_INDEX)  # padding items
         confusion_KK += confusion_matrix(pred_BHW, label_BHW, num_classes=NUM_CLASSES)
     model.train(was_training)
-    return confusion_KK.cpu().numpy()
+    return collectives.all_reduce_sum_(confusion_KK).cpu().numpy()  # every rank's share, reduced once
 
 
 class _Parts:
@@ -93,18 +94,23 @@ class _Parts:
 
     def __init__(self, cfg: RunConfig, device: torch.device):
         data = cfg.data
+        self.rank, world = collectives.rank_and_world_size()
+        shards = {"rank": self.rank, "world_size": world}
         source = load_manifest(data.source, data.synthetic)
-        self.val = eval_loader(load_manifest(data.val, data.synthetic).urls(), cfg=data.loader)
-        seed_everything(cfg.seed)
+        self.val = eval_loader(load_manifest(data.val, data.synthetic).urls(), cfg=data.loader, **shards)
+        seed_everything(cfg.seed)  # the same initial student on every rank
         student = build_segmentor(cfg.model).to(device)
-        self.method = cfg.method.build(student, seed=cfg.seed)
-        self.engine = LocalEngine(student, cfg.optim, total_steps=cfg.train.iterations)
-        self.source = _batches(train_loader(source.urls(), cfg=data.loader, labeled=True, seed=cfg.seed))
+        # rank 0 keeps the single-process seed; the other ranks draw their own mixing/cropping randomness
+        self.method = cfg.method.build(student, seed=cfg.seed + 7919 * self.rank,
+                                       reducer=collectives.all_reduce_sum_)
+        self.engine = build_engine(student, cfg.engine, cfg.optim, total_steps=cfg.train.iterations,
+                                   micro_batch=data.loader.batch_size, device=device)
+        self.source = _batches(train_loader(source.urls(), cfg=data.loader, labeled=True, seed=cfg.seed, **shards))
         self.target = None
         if self.method.needs_target:
             target = load_manifest(data.target, data.synthetic)
             self.target = _batches(train_loader(target.urls(), cfg=target_loader_config(data.loader), labeled=False,
-                                                seed=cfg.seed + 1))
+                                                seed=cfg.seed + 1, **shards))
 
 
 def train_loop(cfg: RunConfig) -> RunResult:
@@ -121,17 +127,19 @@ def train_loop(cfg: RunConfig) -> RunResult:
     confusion_KK = evaluate(parts.engine.module, parts.val, device=device, max_batches=cfg.train.eval_max_batches)
     evaluations.append(_evaluation_record(cfg.train.iterations, confusion_KK))
     weights = os.path.join(out_dir, "student.pt")
-    torch.save(parts.engine.module.state_dict(), weights)
     result = RunResult(name=cfg.name, miou=mean_iou(confusion_KK), iou=iou_per_class(confusion_KK).tolist(),
                        confusion=confusion_KK.tolist(), steps=cfg.train.iterations, seconds=seconds,
                        weights=weights, evaluations=evaluations, losses=losses)
-    _write_summary(out_dir, cfg, result)
+    if parts.rank == 0:  # the student is identical on every rank
+        torch.save(parts.engine.module.state_dict(), weights)
+        _write_summary(out_dir, cfg, result)
     return result
 
 
 def _train(cfg: RunConfig, parts: _Parts, device: torch.device) -> tuple[list[dict], list[dict]]:
     evaluations, losses = [], []
-    bar = tqdm(range(cfg.train.iterations), desc=cfg.name, unit="it", dynamic_ncols=True, mininterval=1.0)
+    bar = tqdm(range(cfg.train.iterations), desc=cfg.name, unit="it", dynamic_ncols=True, mininterval=1.0,
+               disable=parts.rank != 0)
     for step in bar:
         source = _to_device(next(parts.source), device)
         target = _to_device(next(parts.target), device) if parts.target is not None else None
@@ -142,14 +150,16 @@ def _train(cfg: RunConfig, parts: _Parts, device: torch.device) -> tuple[list[di
             confusion_KK = evaluate(parts.engine.module, parts.val, device=device,
                                     max_batches=cfg.train.eval_max_batches)
             evaluations.append(_evaluation_record(step + 1, confusion_KK))
-            bar.write(f"[{cfg.name}] step {step + 1}: target mIoU {100 * evaluations[-1]['miou']:.2f}")
+            if parts.rank == 0:
+                bar.write(f"[{cfg.name}] step {step + 1}: target mIoU {100 * evaluations[-1]['miou']:.2f}")
     bar.close()
     return evaluations, losses
 
 
 def _log(bar: tqdm, step: int, logged: dict[str, torch.Tensor], lr: float) -> dict[str, float]:
     """The one host sync of the logged values, at log cadence."""
-    values = {name: float(v) for name, v in zip(logged, torch.stack(list(logged.values())).tolist())}
+    stacked = collectives.mean_for_log(torch.stack([v.float() for v in logged.values()]))
+    values = {name: float(v) for name, v in zip(logged, stacked.tolist())}
     bar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{lr:.2e}")
     return {"step": step + 1, "lr": lr, **values}
 

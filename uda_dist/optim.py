@@ -8,6 +8,8 @@ the distributed issue offers the same three things.
 """
 from __future__ import annotations
 
+import contextlib
+
 import dataclasses
 
 import torch
@@ -73,6 +75,9 @@ class LocalEngine:
         self.optimizer = build_optimizer(model, cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(step, cfg=cfg, total=total_steps))
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()  # fp32 (bf16 autocast is the DeepSpeed engine's option)
 
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()

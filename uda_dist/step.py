@@ -15,7 +15,8 @@ from uda_dist.methods.base import Method
 
 def train_step(engine: Any, method: Method, source: dict[str, Any], target: dict[str, Any] | None,
                step: int) -> dict[str, torch.Tensor]:
-    losses = method.losses(engine.module, source, target, step)
+    with engine.autocast():
+        losses = method.losses(engine.module, source, target, step)
     total = torch.stack(list(losses.values())).sum()
     engine.backward(total)
     engine.step()

@@ -48,11 +48,15 @@ def main(argv: list[str] | None = None) -> int:
     from uda_dist.loop import train_loop
     from uda_dist.report import format_iou_table
     try:
-        result = train_loop(cfg)
+        if cfg.launch.workers:
+            from uda_dist.launch import launch
+            iou = launch(cfg)["iou"]
+        else:
+            iou = train_loop(cfg).iou
     except (FileNotFoundError, SchemaError) as e:  # missing manifests/weights, malformed shards: no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(format_iou_table({cfg.name: result.iou}))
+    print(format_iou_table({cfg.name: iou}))
     return 0
 
 

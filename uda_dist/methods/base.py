@@ -8,12 +8,17 @@ step (``after_step``, e.g. the EMA teacher).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
 from uda_dist.losses.segmentation import cross_entropy
+
+
+Reducer = Callable[[torch.Tensor], torch.Tensor]
+"""Sums a flat tensor over workers, in place, and returns it."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -28,7 +33,9 @@ class MethodConfig:
         if self.source_weight < 0:
             raise ValueError(f"source_weight must be >= 0, got {self.source_weight}")
 
-    def build(self, student: nn.Module, *, seed: int) -> "Method":
+    def build(self, student: nn.Module, *, seed: int, reducer: Reducer | None = None) -> "Method":
+        """The method for this student. ``reducer`` sums a flat tensor over workers in place (the identity in
+        one process); methods with cross-worker statistics (SePiCo) use it, the others ignore it."""
         return SourceOnly(self)
 
 

@@ -24,7 +24,7 @@ from torch import nn
 
 from uda_dist.data.augment import StrongAugConfig, strong_photometric
 from uda_dist.losses.segmentation import IGNORE_INDEX, cross_entropy
-from uda_dist.methods.base import Method, MethodConfig
+from uda_dist.methods.base import Method, MethodConfig, Reducer
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -52,7 +52,7 @@ class SelfTrainingConfig(MethodConfig):
         if self.pseudo_weight < 0 or self.pl_crop_top < 0 or self.pl_crop_bottom < 0:
             raise ValueError("pseudo_weight, pl_crop_top and pl_crop_bottom must be >= 0")
 
-    def build(self, student: nn.Module, *, seed: int) -> "SelfTraining":
+    def build(self, student: nn.Module, *, seed: int, reducer: Reducer | None = None) -> "SelfTraining":
         return SelfTraining(self, student, seed=seed)
 
 

@@ -24,7 +24,6 @@ Legend: B batch, K classes, D projection dim, H,W image, h,w feature grid, N pix
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -35,11 +34,10 @@ from uda_dist.data.augment import strong_photometric
 from uda_dist.losses.contrast import (bank_contrast, contrast_regularizer, dist_contrast, downscale_labels,
                                       proto_contrast)
 from uda_dist.losses.segmentation import IGNORE_INDEX, cross_entropy
+from uda_dist.methods.base import Reducer
 from uda_dist.methods.self_training import SelfTraining, SelfTrainingConfig, pl_crop_rows
 from uda_dist.stats.class_stats import ClassStatistics
 from uda_dist.stats.memory_bank import ClassMemoryBank
-
-Reducer = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

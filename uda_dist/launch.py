@@ -1,0 +1,105 @@
+"""The only Ray Train code: run the per-worker loop (uda_dist.loop.train_loop) on N Ray Train workers.
+
+Ray 2.60 runs Ray Train V2. ``launch(cfg)`` builds a TorchTrainer over ``_worker`` with
+- ScalingConfig: ``launch.workers`` workers, GPU or not, ``launch.cpus_per_worker`` CPUs each; the
+  TorchConfig backend is gloo on CPU and nccl on GPU (Ray creates the process group before the loop runs;
+  DeepSpeed reuses it);
+- ray.train.RunConfig: the run's stable name (``RunConfig.name``: a relaunch with the same name finds the
+  same run directory), ``launch.storage_path`` (a local directory or s3://...; default
+  {output_dir}/ray), FailureConfig(max_failures) and CheckpointConfig(num_to_keep).
+It connects to the cluster named by RAY_ADDRESS (what ``ray job submit`` sets) and starts a local Ray
+otherwise. Rank 0 reports the final metrics with one Ray checkpoint holding the run's summary.json and
+student.pt; ``launch`` returns the summary.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import tempfile
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LaunchConfig:
+    """Where the per-worker loop runs: this process, or Ray Train workers."""
+
+    workers: int = 0
+    """Ray Train workers (each a DeepSpeed engine); 0 = train in this process, without Ray."""
+    use_gpu: bool = False
+    """One GPU per worker (nccl) instead of CPU workers (gloo)."""
+    cpus_per_worker: int = 1
+    """CPUs reserved per worker; also its torch thread count unless train.threads is set."""
+    storage_path: str = ""
+    """Ray run storage: a local directory or s3://bucket/prefix; "" = {output_dir}/ray."""
+    max_failures: int = 0
+    """Worker-group restarts Ray Train allows before the run fails (FailureConfig.max_failures)."""
+    keep_checkpoints: int = 2
+    """Ray checkpoints kept (CheckpointConfig.num_to_keep)."""
+
+    def __post_init__(self) -> None:
+        if self.workers < 0 or self.cpus_per_worker < 1 or self.max_failures < 0 or self.keep_checkpoints < 1:
+            raise ValueError("launch: workers >= 0, cpus_per_worker >= 1, max_failures >= 0 and "
+                             "keep_checkpoints >= 1 are required")
+
+
+def launch(cfg: Any) -> dict[str, Any]:
+    """Train cfg on cfg.launch.workers Ray Train workers; return the run's summary (rank 0's)."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    lc = cfg.launch
+    if lc.workers < 1:
+        raise ValueError("launch() needs launch.workers >= 1")
+    if not ray.is_initialized():
+        # RAY_ADDRESS (set by `ray job submit`) connects to that cluster; without it a local Ray starts.
+        # The workers get this interpreter's bin directory first on PATH so that DeepSpeed's JIT ops are
+        # built by the same ninja as in a shell with the venv, and the cache is not rebuilt.
+        env = {"PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
+        ray.init(runtime_env={"env_vars": env}, log_to_driver=True)
+    threads = cfg.train.threads or lc.cpus_per_worker
+    worker_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=threads))
+    storage = lc.storage_path or os.path.abspath(os.path.join(cfg.output_dir, "ray"))
+    trainer = TorchTrainer(
+        _worker,
+        train_loop_config={"cfg": worker_cfg},
+        scaling_config=ScalingConfig(num_workers=lc.workers, use_gpu=lc.use_gpu,
+                                     resources_per_worker={"CPU": lc.cpus_per_worker}),
+        torch_config=TorchConfig(backend="nccl" if lc.use_gpu else "gloo"),
+        run_config=RunConfig(name=cfg.name, storage_path=storage,
+                             failure_config=FailureConfig(max_failures=lc.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=lc.keep_checkpoints)),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"run {cfg.name!r} reported no checkpoint")
+    with result.checkpoint.as_directory() as directory:
+        with open(os.path.join(directory, "summary.json")) as f:
+            summary = json.load(f)
+        out_dir = os.path.join(cfg.output_dir, cfg.name)
+        os.makedirs(out_dir, exist_ok=True)
+        for name in ("summary.json", "student.pt"):
+            shutil.copyfile(os.path.join(directory, name), os.path.join(out_dir, name))
+    return summary
+
+
+def _worker(config: dict[str, Any]) -> None:
+    """What every Ray Train worker runs: the per-worker loop, then rank 0 reports the final checkpoint."""
+    import ray.train
+
+    from uda_dist.loop import train_loop
+
+    cfg = config["cfg"]
+    result = train_loop(cfg)
+    rank = ray.train.get_context().get_world_rank()
+    with tempfile.TemporaryDirectory() as directory:
+        checkpoint = None
+        if rank == 0:
+            out_dir = os.path.join(cfg.output_dir, cfg.name)
+            for name in ("summary.json", "student.pt"):
+                shutil.copyfile(os.path.join(out_dir, name), os.path.join(directory, name))
+            checkpoint = ray.train.Checkpoint.from_directory(directory)
+        ray.train.report({"miou": result.miou, "step": result.steps}, checkpoint=checkpoint)
