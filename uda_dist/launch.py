@@ -60,6 +60,7 @@ def launch(cfg: Any) -> dict[str, Any]:
         # built by the same ninja as in a shell with the venv, and the cache is not rebuilt.
         env = {"PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
         ray.init(runtime_env={"env_vars": env}, log_to_driver=True)
+    _prepare_data(cfg)
     threads = cfg.train.threads or lc.cpus_per_worker
     worker_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=threads))
     storage = lc.storage_path or os.path.abspath(os.path.join(cfg.output_dir, "ray"))
@@ -84,6 +85,15 @@ def launch(cfg: Any) -> dict[str, Any]:
         for name in ("summary.json", "student.pt"):
             shutil.copyfile(os.path.join(directory, name), os.path.join(out_dir, name))
     return summary
+
+
+def _prepare_data(cfg: Any) -> None:
+    """Read every manifest once on the driver: a clear error before any worker starts, and the synthetic
+    benchmark generated once here instead of by several workers at the same time on this machine."""
+    from uda_dist.data.sources import load_manifest
+
+    for location in (cfg.data.source, cfg.data.target, cfg.data.val):
+        load_manifest(location, cfg.data.synthetic)
 
 
 def _worker(config: dict[str, Any]) -> None:

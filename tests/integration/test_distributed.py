@@ -1,0 +1,87 @@
+"""Ray Train V2 workers running DeepSpeed engines (gloo on CPU), on a local Ray started by the tests."""
+import os
+import sys
+
+import pytest
+import ray
+import ray.train
+import torch
+from ray.train import ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from tests.helpers import tiny_overrides
+from uda_dist.config import apply_overrides
+from uda_dist.data.sources import load_manifest
+from uda_dist.launch import launch
+from uda_dist.recipes.synthetic import synthetic_sepico_distcl, synthetic_source_only
+from uda_dist.stats.class_stats import ClassStatistics
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    # 4 logical CPUs on the 2 cores: two 1-CPU workers plus Ray Train's controller
+    env = {"PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
+    ray.init(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": env})
+    yield
+    ray.shutdown()
+
+
+def _record_statistics_worker(config):
+    """Per worker: the library's parts (DeepSpeed engine, all-reduced statistics), a few SePiCo steps, and
+    what the statistics were fed locally, saved for the test to compare."""
+    from uda_dist.loop import _Parts
+    from uda_dist.step import train_step
+
+    torch.set_num_threads(1)
+    cfg = config["cfg"]
+    parts = _Parts(cfg, torch.device("cpu"))
+    fed, update = [], parts.method.stats.update
+
+    def recording_update(feat_ND, label_N):
+        fed.append((feat_ND.detach().clone(), label_N.clone()))
+        return update(feat_ND, label_N)
+
+    parts.method.stats.update = recording_update
+    for step in range(cfg.train.iterations):
+        train_step(parts.engine, parts.method, next(parts.source), next(parts.target), step)
+    rank = ray.train.get_context().get_world_rank()
+    torch.save({"stats": parts.method.stats.state_dict(), "teacher": parts.method.teacher.state_dict(),
+                "fed": fed, "engine": type(parts.engine).__name__},
+               os.path.join(config["out"], f"rank{rank}.pt"))
+    ray.train.report({"steps": cfg.train.iterations})
+
+
+def test_statistics_identical_on_both_ranks_and_equal_to_one_process(local_ray, tiny_data_dir, tmp_path):
+    cfg = apply_overrides(synthetic_sepico_distcl(), tiny_overrides(tiny_data_dir, str(tmp_path)) + [
+        "train.iterations=4", "method.start_step=2", "model.proj_dim=8", "model.proj_hidden=8"])
+    for location in (cfg.data.source, cfg.data.target, cfg.data.val):
+        load_manifest(location, cfg.data.synthetic)  # generated once, before the workers read it
+    TorchTrainer(_record_statistics_worker, train_loop_config={"cfg": cfg, "out": str(tmp_path)},
+                 scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
+                 run_config=ray.train.RunConfig(name="stats", storage_path=str(tmp_path / "ray"))).fit()
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    assert r0["engine"] == r1["engine"] == "DeepSpeedEngine"
+    assert len(r0["fed"]) == len(r1["fed"]) == 4
+    assert not torch.equal(r0["fed"][0][0], r1["fed"][0][0])  # each rank its own data
+    for name, value in r0["stats"].items():
+        assert torch.equal(value, r1["stats"][name]), name  # bit-identical across ranks
+    for name, value in r0["teacher"].items():
+        assert torch.equal(value, r1["teacher"][name]), name  # EMA teacher (BN buffers included)
+    one = ClassStatistics(cfg.model.num_classes, cfg.model.proj_dim, reducer=None).double()
+    for (f0, l0), (f1, l1) in zip(r0["fed"], r1["fed"]):
+        one.update(torch.cat([f0, f1]), torch.cat([l0, l1]))
+    assert r0["stats"]["count_K"].sum() > 0
+    for name, value in one.state_dict().items():
+        torch.testing.assert_close(r0["stats"][name], value, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("zero_stage", [0, 2])
+def test_launcher_trains_two_deepspeed_workers(local_ray, tiny_data_dir, tmp_path, zero_stage):
+    cfg = apply_overrides(synthetic_source_only(), tiny_overrides(tiny_data_dir, str(tmp_path)) + [
+        "train.iterations=10", "train.log_every=1", "launch.workers=2", f"engine.zero_stage={zero_stage}",
+        f"name=zero{zero_stage}"])
+    summary = launch(cfg)
+    losses = [entry["loss"] for entry in summary["losses"]]
+    assert len(losses) == 10 and sum(losses[-3:]) < sum(losses[:3])
+    assert 0.0 <= summary["miou"] <= 1.0 and summary["config"]["engine.zero_stage"] == zero_stage
+    assert os.path.isfile(tmp_path / f"zero{zero_stage}" / "student.pt")
