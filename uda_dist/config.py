@@ -40,13 +40,15 @@ class TrainConfig:
     """'auto' (cuda if available, else cpu), 'cpu' or 'cuda'."""
     threads: int = 0
     """torch intra-op threads per process (0 = torch's default)."""
+    checkpoint_every: int = 0
+    """Steps between resumable checkpoints on the launcher's workers (0 = only the final one)."""
 
     def __post_init__(self) -> None:
         for name in ("iterations", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.eval_every < 0 or self.eval_max_batches < 0 or self.threads < 0:
-            raise ValueError("eval_every, eval_max_batches and threads must be >= 0")
+        if self.eval_every < 0 or self.eval_max_batches < 0 or self.threads < 0 or self.checkpoint_every < 0:
+            raise ValueError("eval_every, eval_max_batches, threads and checkpoint_every must be >= 0")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
 

@@ -97,19 +97,43 @@ def _prepare_data(cfg: Any) -> None:
 
 
 def _worker(config: dict[str, Any]) -> None:
-    """What every Ray Train worker runs: the per-worker loop, then rank 0 reports the final checkpoint."""
-    import ray.train
-
+    """What every Ray Train worker runs: the per-worker loop with Ray checkpoints."""
     from uda_dist.loop import train_loop
 
-    cfg = config["cfg"]
-    result = train_loop(cfg)
-    rank = ray.train.get_context().get_world_rank()
-    with tempfile.TemporaryDirectory() as directory:
-        checkpoint = None
-        if rank == 0:
-            out_dir = os.path.join(cfg.output_dir, cfg.name)
-            for name in ("summary.json", "student.pt"):
-                shutil.copyfile(os.path.join(out_dir, name), os.path.join(directory, name))
-            checkpoint = ray.train.Checkpoint.from_directory(directory)
-        ray.train.report({"miou": result.miou, "step": result.steps}, checkpoint=checkpoint)
+    train_loop(config["cfg"], checkpointer=_RayCheckpointer(config["cfg"]))
+
+
+class _RayCheckpointer:
+    """Resumable state as Ray checkpoints: every rank writes its part into a local temporary directory and
+    reports it (Ray merges the ranks' directories into one checkpoint in storage); a run restarted after a
+    failure, or relaunched under the same name, starts from ray.train.get_checkpoint(). The final checkpoint
+    also carries the run's summary.json and student.pt, which launch() returns and copies out."""
+
+    def __init__(self, cfg: Any):
+        self.cfg = cfg
+
+    def restore(self, parts: Any) -> dict[str, Any] | None:
+        import ray.train
+
+        from uda_dist.loop import load_state
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return None
+        with checkpoint.as_directory() as directory:
+            return load_state(parts, directory)
+
+    def save(self, parts: Any, step: int, history: dict[str, Any], final: Any) -> None:
+        import ray.train
+
+        from uda_dist.loop import save_state
+
+        with tempfile.TemporaryDirectory() as directory:
+            save_state(parts, directory, step, history)
+            if final is not None and parts.rank == 0:
+                out_dir = os.path.join(self.cfg.output_dir, self.cfg.name)
+                for name in ("summary.json", "student.pt"):
+                    shutil.copyfile(os.path.join(out_dir, name), os.path.join(directory, name))
+            metrics = {"step": step, **({"miou": final.miou} if final is not None else {})}
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
+                             checkpoint_dir_name=f"step_{step:08d}")

@@ -13,7 +13,7 @@ import json
 import os
 import random
 import time
-from typing import Any, Iterator
+from typing import Any, Iterator, Protocol
 
 import numpy as np
 import torch
@@ -55,15 +55,36 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _batches(loader: Any) -> Iterator[dict[str, Any]]:
-    """Endless batches from an epoch-sized loader (each pass over it is a fresh epoch)."""
-    while True:
-        yielded = False
-        for batch in loader:
-            yielded = True
-            yield batch
-        if not yielded:
-            raise RuntimeError("the training stream yielded no batch in a whole epoch")
+class _Stream:
+    """Endless batches from an epoch-sized TrainLoader (each pass is a fresh epoch), with its position
+    (epoch, batches taken in it) so that a resumed run continues the same stream."""
+
+    def __init__(self, loader: Any):
+        self.loader = loader
+        self.position = 0
+        self._it: Iterator[dict[str, Any]] | None = None
+
+    def __next__(self) -> dict[str, Any]:
+        for _ in range(2):
+            if self._it is None:
+                self._it, self.position = iter(self.loader), 0
+            batch = next(self._it, None)
+            if batch is not None:
+                self.position += 1
+                return batch
+            self._it = None  # the epoch ended: the next pass is a new epoch
+        raise RuntimeError("the training stream yielded no batch in a whole epoch")
+
+    def state(self) -> dict[str, int]:
+        return {"epoch": self.loader.epoch, "position": self.position}
+
+    def restore(self, state: dict[str, int]) -> None:
+        """Re-enter epoch state["epoch"] and skip the batches already taken (decoded and augmented again, so
+        the augmentation randomness is where it was)."""
+        self.loader.dataset.epoch = state["epoch"] - 1
+        self._it, self.position = iter(self.loader), 0
+        for _ in range(state["position"]):
+            next(self)
 
 
 def _to_device(batch: dict[str, Any] | None, device: torch.device) -> dict[str, Any] | None:
@@ -105,55 +126,106 @@ class _Parts:
                                        reducer=collectives.all_reduce_sum_)
         self.engine = build_engine(student, cfg.engine, cfg.optim, total_steps=cfg.train.iterations,
                                    micro_batch=data.loader.batch_size, device=device)
-        self.source = _batches(train_loader(source.urls(), cfg=data.loader, labeled=True, seed=cfg.seed, **shards))
+        self.source = _Stream(train_loader(source.urls(), cfg=data.loader, labeled=True, seed=cfg.seed, **shards))
         self.target = None
         if self.method.needs_target:
             target = load_manifest(data.target, data.synthetic)
-            self.target = _batches(train_loader(target.urls(), cfg=target_loader_config(data.loader), labeled=False,
+            self.target = _Stream(train_loader(target.urls(), cfg=target_loader_config(data.loader), labeled=False,
                                                 seed=cfg.seed + 1, **shards))
 
 
-def train_loop(cfg: RunConfig) -> RunResult:
-    """Train one run end to end in this process and return its final target metrics."""
+class Checkpointer(Protocol):
+    """Where resumable state goes (the launcher's Ray checkpoints); the loop decides when."""
+
+    def restore(self, parts: _Parts) -> dict[str, Any] | None: ...
+
+    def save(self, parts: _Parts, step: int, history: dict[str, Any], final: RunResult | None) -> None: ...
+
+
+ENGINE_TAG = "state"
+
+
+def save_state(parts: _Parts, directory: str, step: int, history: dict[str, Any]) -> None:
+    """Every rank: its engine state (DeepSpeed: model, optimizer shard, schedule) under directory/engine and
+    its own RNG states and data-stream positions in rank{r}.pt; rank 0 adds run.pt: the step, the method
+    state (EMA teacher, class statistics, memory bank, mixing generator) and the logged history."""
+    parts.engine.save(os.path.join(directory, "engine"), tag=ENGINE_TAG)
+    streams = {"source": parts.source.state(), "target": parts.target.state() if parts.target else None}
+    rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    torch.save({"streams": streams, "rng": rng}, os.path.join(directory, f"rank{parts.rank}.pt"))
+    if parts.rank == 0:
+        torch.save({"step": step, "method": parts.method.state_dict(), "history": history},
+                   os.path.join(directory, "run.pt"))
+
+
+def load_state(parts: _Parts, directory: str) -> dict[str, Any]:
+    """Inverse of save_state; returns {"step", "history"}. Every rank reads rank 0's run.pt (the method state
+    is identical on every rank) and its own rank file."""
+    parts.engine.load(os.path.join(directory, "engine"), tag=ENGINE_TAG)
+    run = torch.load(os.path.join(directory, "run.pt"), weights_only=False)
+    mine = torch.load(os.path.join(directory, f"rank{parts.rank}.pt"), weights_only=False)
+    parts.method.load_state_dict(run["method"])
+    parts.source.restore(mine["streams"]["source"])
+    if parts.target is not None:
+        parts.target.restore(mine["streams"]["target"])
+    torch.set_rng_state(mine["rng"]["torch"])
+    np.random.set_state(mine["rng"]["numpy"])
+    random.setstate(mine["rng"]["python"])
+    return {"step": run["step"], "history": run["history"]}
+
+
+def train_loop(cfg: RunConfig, *, checkpointer: Checkpointer | None = None) -> RunResult:
+    """Train one run on this worker (or alone) and return its final target metrics. With a checkpointer
+    (the launcher's), the run starts from its latest checkpoint and saves one every
+    cfg.train.checkpoint_every steps and at the end."""
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
     parts = _Parts(cfg, device)
+    restored = checkpointer.restore(parts) if checkpointer else None
+    first = restored["step"] if restored else 0
+    history = restored["history"] if restored else {"evaluations": [], "losses": []}
     out_dir = os.path.join(cfg.output_dir, cfg.name)
     os.makedirs(out_dir, exist_ok=True)
     start = time.perf_counter()
-    evaluations, losses = _train(cfg, parts, device)
+    _train(cfg, parts, device, first, history, checkpointer)
     seconds = time.perf_counter() - start
     confusion_KK = evaluate(parts.engine.module, parts.val, device=device, max_batches=cfg.train.eval_max_batches)
-    evaluations.append(_evaluation_record(cfg.train.iterations, confusion_KK))
+    history["evaluations"] = [e for e in history["evaluations"] if e["step"] < cfg.train.iterations]  # a rerun
+    history["evaluations"].append(_evaluation_record(cfg.train.iterations, confusion_KK))
     weights = os.path.join(out_dir, "student.pt")
     result = RunResult(name=cfg.name, miou=mean_iou(confusion_KK), iou=iou_per_class(confusion_KK).tolist(),
                        confusion=confusion_KK.tolist(), steps=cfg.train.iterations, seconds=seconds,
-                       weights=weights, evaluations=evaluations, losses=losses)
+                       weights=weights, evaluations=history["evaluations"], losses=history["losses"])
     if parts.rank == 0:  # the student is identical on every rank
         torch.save(parts.engine.module.state_dict(), weights)
         _write_summary(out_dir, cfg, result)
+    if checkpointer:
+        checkpointer.save(parts, cfg.train.iterations, history, result)
     return result
 
 
-def _train(cfg: RunConfig, parts: _Parts, device: torch.device) -> tuple[list[dict], list[dict]]:
-    evaluations, losses = [], []
-    bar = tqdm(range(cfg.train.iterations), desc=cfg.name, unit="it", dynamic_ncols=True, mininterval=1.0,
-               disable=parts.rank != 0)
+def _train(cfg: RunConfig, parts: _Parts, device: torch.device, first: int, history: dict[str, Any],
+           checkpointer: Checkpointer | None) -> None:
+    bar = tqdm(range(first, cfg.train.iterations), desc=cfg.name, unit="it", dynamic_ncols=True, mininterval=1.0,
+               disable=parts.rank != 0, initial=first, total=cfg.train.iterations)
     for step in bar:
         source = _to_device(next(parts.source), device)
         target = _to_device(next(parts.target), device) if parts.target is not None else None
         logged = train_step(parts.engine, parts.method, source, target, step)
-        if (step + 1) % cfg.train.log_every == 0 or step + 1 == cfg.train.iterations:
-            losses.append(_log(bar, step, logged, parts.engine.lr()))
-        if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < cfg.train.iterations:
+        done = step + 1
+        if done % cfg.train.log_every == 0 or done == cfg.train.iterations:
+            history["losses"].append(_log(bar, step, logged, parts.engine.lr()))
+        if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done < cfg.train.iterations:
             confusion_KK = evaluate(parts.engine.module, parts.val, device=device,
                                     max_batches=cfg.train.eval_max_batches)
-            evaluations.append(_evaluation_record(step + 1, confusion_KK))
+            history["evaluations"].append(_evaluation_record(done, confusion_KK))
             if parts.rank == 0:
-                bar.write(f"[{cfg.name}] step {step + 1}: target mIoU {100 * evaluations[-1]['miou']:.2f}")
+                bar.write(f"[{cfg.name}] step {done}: target mIoU {100 * history['evaluations'][-1]['miou']:.2f}")
+        if checkpointer and cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0 \
+                and done < cfg.train.iterations:
+            checkpointer.save(parts, done, history, None)
     bar.close()
-    return evaluations, losses
 
 
 def _log(bar: tqdm, step: int, logged: dict[str, torch.Tensor], lr: float) -> dict[str, float]:

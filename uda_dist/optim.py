@@ -9,6 +9,7 @@ the distributed issue offers the same three things.
 from __future__ import annotations
 
 import contextlib
+import os
 
 import dataclasses
 
@@ -100,3 +101,10 @@ class LocalEngine:
         self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+
+    def save(self, directory: str, *, tag: str) -> None:
+        os.makedirs(directory, exist_ok=True)
+        torch.save(self.state_dict(), os.path.join(directory, f"{tag}.pt"))
+
+    def load(self, directory: str, *, tag: str) -> None:
+        self.load_state_dict(torch.load(os.path.join(directory, f"{tag}.pt"), weights_only=False))

@@ -1,6 +1,8 @@
 """Ray Train V2 workers running DeepSpeed engines (gloo on CPU), on a local Ray started by the tests."""
+import dataclasses
 import os
 import sys
+import time
 
 import pytest
 import ray
@@ -13,6 +15,7 @@ from tests.helpers import tiny_overrides
 from uda_dist.config import apply_overrides
 from uda_dist.data.sources import load_manifest
 from uda_dist.launch import launch
+from uda_dist.methods.base import MethodConfig, SourceOnly
 from uda_dist.recipes.synthetic import synthetic_sepico_distcl, synthetic_source_only
 from uda_dist.stats.class_stats import ClassStatistics
 
@@ -85,3 +88,67 @@ def test_launcher_trains_two_deepspeed_workers(local_ray, tiny_data_dir, tmp_pat
     assert len(losses) == 10 and sum(losses[-3:]) < sum(losses[:3])
     assert 0.0 <= summary["miou"] <= 1.0 and summary["config"]["engine.zero_stage"] == zero_stage
     assert os.path.isfile(tmp_path / f"zero{zero_stage}" / "student.pt")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _CrashOnceConfig(MethodConfig):
+    """Source-only, but rank 1 exits hard (a dead worker process) after step `crash_step` the first time,
+    and every rank writes the steps it trains to log_dir/rank{r}.steps."""
+
+    log_dir: str = ""
+    crash_step: int = 7
+
+    def build(self, student, *, seed, reducer=None):
+        return _CrashOnce(self)
+
+
+class _CrashOnce(SourceOnly):
+    def after_step(self, student, step):
+        rank = torch.distributed.get_rank()
+        with open(os.path.join(self.cfg.log_dir, f"rank{rank}.steps"), "a") as f:
+            f.write(f"{step}\n")
+        marker = os.path.join(self.cfg.log_dir, "crashed")
+        if rank == 1 and step == self.cfg.crash_step and not os.path.exists(marker):
+            open(marker, "w").close()
+            # Ray Train's controller collects reported checkpoints when it polls the workers (every 2 s): a
+            # worker that dies sooner after a report takes that checkpoint with it. Outlive two polls.
+            time.sleep(5)
+            os._exit(1)
+
+
+def _attempts(path):
+    """The steps trained, split into attempts where the step counter goes back."""
+    steps = [int(line) for line in open(path)]
+    attempts = [[steps[0]]]
+    for previous, step in zip(steps, steps[1:]):
+        if step <= previous:
+            attempts.append([])
+        attempts[-1].append(step)
+    return attempts
+
+
+def _crash_config(tiny_data_dir, tmp_path, name, max_failures):
+    cfg = apply_overrides(synthetic_source_only(), tiny_overrides(tiny_data_dir, str(tmp_path)) + [
+        "train.iterations=10", "train.log_every=1", "train.checkpoint_every=5", "launch.workers=2",
+        f"launch.max_failures={max_failures}", f"name={name}"])
+    return dataclasses.replace(cfg, method=_CrashOnceConfig(log_dir=str(tmp_path)))
+
+
+def test_killed_worker_resumes_from_last_checkpoint(local_ray, tiny_data_dir, tmp_path):
+    summary = launch(_crash_config(tiny_data_dir, tmp_path, "failover", max_failures=1))
+    assert os.path.exists(tmp_path / "crashed")
+    for rank in (0, 1):
+        first, second = _attempts(tmp_path / f"rank{rank}.steps")
+        assert first[0] == 0 and first[-1] >= 5  # got past the checkpoint at step 5, then died at 7
+        assert second == list(range(5, 10))  # restarted from the checkpoint, not from step 0
+    assert [entry["step"] for entry in summary["losses"]] == list(range(1, 11))  # history restored too
+
+
+def test_relaunch_with_the_same_name_resumes(local_ray, tiny_data_dir, tmp_path):
+    cfg = _crash_config(tiny_data_dir, tmp_path, "relaunch", max_failures=0)
+    with pytest.raises(Exception):
+        launch(cfg)  # rank 1 dies at step 7, no retries: the run fails with its checkpoint at step 5
+    summary = launch(cfg)  # a new driver, the same run name
+    first, second = _attempts(tmp_path / "rank0.steps")
+    assert first[0] == 0 and second == list(range(5, 10))
+    assert summary["steps"] == 10 and len(summary["losses"]) == 10
