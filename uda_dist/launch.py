@@ -4,8 +4,9 @@ Ray 2.60 runs Ray Train V2. ``launch(cfg)`` builds a TorchTrainer over ``_worker
 - ScalingConfig: ``launch.workers`` workers, GPU or not, ``launch.cpus_per_worker`` CPUs each; the
   TorchConfig backend is gloo on CPU and nccl on GPU (Ray creates the process group before the loop runs;
   DeepSpeed reuses it);
-- ray.train.RunConfig: the run's stable name (``RunConfig.name``: a relaunch with the same name finds the
-  same run directory), ``launch.storage_path`` (a local directory or s3://...; default
+- ray.train.RunConfig: the run's stable name (``run_name``: ``launch.run_name``, or the submission id of
+  the ``ray job submit`` job; a relaunch with the same name resumes from its latest checkpoint),
+  ``launch.storage_path`` (a local directory or s3://...; default
   {output_dir}/ray), FailureConfig(max_failures) and CheckpointConfig(num_to_keep).
 It connects to the cluster named by RAY_ADDRESS (what ``ray job submit`` sets) and starts a local Ray
 otherwise. Rank 0 reports the final metrics with one Ray checkpoint holding the run's summary.json and
@@ -19,6 +20,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from typing import Any
 
 
@@ -28,6 +30,10 @@ class LaunchConfig:
 
     workers: int = 0
     """Ray Train workers (each a DeepSpeed engine); 0 = train in this process, without Ray."""
+    run_name: str = ""
+    """Stable Ray run name: a relaunch with the same name resumes from its latest checkpoint. "" = the job's
+    submission id under `ray job submit` (resubmit with the same --submission-id to resume), otherwise a fresh
+    name, {name}-{date-time}. The CLI's --run-name sets it."""
     use_gpu: bool = False
     """One GPU per worker (nccl) instead of CPU workers (gloo)."""
     cpus_per_worker: int = 1
@@ -70,7 +76,7 @@ def launch(cfg: Any) -> dict[str, Any]:
         scaling_config=ScalingConfig(num_workers=lc.workers, use_gpu=lc.use_gpu,
                                      resources_per_worker={"CPU": lc.cpus_per_worker}),
         torch_config=TorchConfig(backend="nccl" if lc.use_gpu else "gloo"),
-        run_config=RunConfig(name=cfg.name, storage_path=storage,
+        run_config=RunConfig(name=run_name(cfg), storage_path=storage,
                              failure_config=FailureConfig(max_failures=lc.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=lc.keep_checkpoints)),
     )
@@ -85,6 +91,17 @@ def launch(cfg: Any) -> dict[str, Any]:
         for name in ("summary.json", "student.pt"):
             shutil.copyfile(os.path.join(directory, name), os.path.join(out_dir, name))
     return summary
+
+
+def run_name(cfg: Any) -> str:
+    """launch.run_name, else the `ray job submit` submission id, else a fresh {name}-{date-time}."""
+    if cfg.launch.run_name:
+        return cfg.launch.run_name
+    job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}"))
+    submission_id = job.get("metadata", {}).get("job_submission_id")
+    if submission_id:
+        return submission_id
+    return f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def _prepare_data(cfg: Any) -> None:

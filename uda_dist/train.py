@@ -17,6 +17,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[],
                    metavar="KEY=VALUE",
                    help="override config fields by dotted key, e.g. --set optim.lr=1e-4 train.iterations=100")
+    p.add_argument("--run-name", help="stable run name on Ray (launch.run_name): the same name resumes the run")
     p.add_argument("--list-recipes", action="store_true", help="list recipes and exit")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     return p
@@ -37,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown recipe {args.recipe!r}; valid: {', '.join(sorted(recipes))}", file=sys.stderr)
         return 2
     try:
-        cfg = apply_overrides(recipes[args.recipe](), args.overrides)
+        overrides = args.overrides + ([f"launch.run_name={args.run_name}"] if args.run_name else [])
+        cfg = apply_overrides(recipes[args.recipe](), overrides)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -130,7 +130,7 @@ def _attempts(path):
 def _crash_config(tiny_data_dir, tmp_path, name, max_failures):
     cfg = apply_overrides(synthetic_source_only(), tiny_overrides(tiny_data_dir, str(tmp_path)) + [
         "train.iterations=10", "train.log_every=1", "train.checkpoint_every=5", "launch.workers=2",
-        f"launch.max_failures={max_failures}", f"name={name}"])
+        f"launch.max_failures={max_failures}", f"name={name}", f"launch.run_name={name}"])
     return dataclasses.replace(cfg, method=_CrashOnceConfig(log_dir=str(tmp_path)))
 
 
