@@ -24,8 +24,10 @@ case "${1:-}" in
     ray start --head --node-ip-address=127.0.0.1 --port="$RAY_PORT" --num-cpus="$HEAD_CPUS" \
       --include-dashboard=true --dashboard-host=127.0.0.1 --dashboard-port="$DASHBOARD_PORT" \
       --temp-dir="$TMP" --disable-usage-stats
+    # its own temp dir: two nodes sharing one would delete each other's runtime-env files (a submitted job's
+    # working_dir vanished under its running driver when they shared it)
     ray start --address="127.0.0.1:$RAY_PORT" --node-ip-address=127.0.0.2 --num-cpus="$WORKER_CPUS" \
-      --disable-usage-stats
+      --temp-dir="$TMP/node2" --disable-usage-stats
     echo "dashboard and job API: http://127.0.0.1:$DASHBOARD_PORT (export RAY_AUTH_MODE=$RAY_AUTH_MODE)"
     ;;
   stop)

@@ -61,11 +61,16 @@ def launch(cfg: Any) -> dict[str, Any]:
     if lc.workers < 1:
         raise ValueError("launch() needs launch.workers >= 1")
     if not ray.is_initialized():
-        # RAY_ADDRESS (set by `ray job submit`) connects to that cluster; without it a local Ray starts.
-        # The workers get this interpreter's bin directory first on PATH so that DeepSpeed's JIT ops are
-        # built by the same ninja as in a shell with the venv, and the cache is not rebuilt.
-        env = {"PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
-        ray.init(runtime_env={"env_vars": env}, log_to_driver=True)
+        if os.environ.get("RAY_ADDRESS"):
+            # An existing cluster (`ray job submit` sets RAY_ADDRESS): keep the job's runtime env. Passing one
+            # here would replace it, and the job's working_dir (the driver's cwd) would be deleted.
+            ray.init()
+        else:
+            # A local Ray. The workers get this interpreter's bin directory first on PATH so that DeepSpeed's
+            # JIT ops are built by the same ninja as in a shell with the venv, and its cache is not rebuilt
+            # (cluster/local.sh does the same for the nodes it starts).
+            env = {"PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
+            ray.init(runtime_env={"env_vars": env})
     _prepare_data(cfg)
     threads = cfg.train.threads or lc.cpus_per_worker
     worker_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=threads))
