@@ -23,10 +23,10 @@ from uda_dist.config import RunConfig, to_flat_dict
 from uda_dist.data.schema import CLASSES, IGNORE_INDEX, NUM_CLASSES
 from uda_dist.data.sources import load_manifest
 from uda_dist.data.webdataset import eval_loader, target_loader_config, train_loader
-from uda_dist.metrics import confusion_matrix, iou_per_class, mean_iou
-from uda_dist.model.segmentor import build_segmentor
 from uda_dist.dist import collectives
 from uda_dist.dist.engine import build_engine
+from uda_dist.metrics import confusion_matrix, iou_per_class, mean_iou
+from uda_dist.model.segmentor import build_segmentor
 from uda_dist.step import train_step
 
 
@@ -152,19 +152,21 @@ def save_state(parts: _Parts, directory: str, step: int, history: dict[str, Any]
     parts.engine.save(os.path.join(directory, "engine"), tag=ENGINE_TAG)
     streams = {"source": parts.source.state(), "target": parts.target.state() if parts.target else None}
     rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    torch.save({"streams": streams, "rng": rng}, os.path.join(directory, f"rank{parts.rank}.pt"))
+    method_state = parts.method.state_dict()
+    own = {key: method_state[key] for key in parts.method.per_rank_state}
+    torch.save({"streams": streams, "rng": rng, "method": own}, os.path.join(directory, f"rank{parts.rank}.pt"))
     if parts.rank == 0:
-        torch.save({"step": step, "method": parts.method.state_dict(), "history": history},
-                   os.path.join(directory, "run.pt"))
+        torch.save({"step": step, "method": method_state, "history": history}, os.path.join(directory, "run.pt"))
 
 
 def load_state(parts: _Parts, directory: str) -> dict[str, Any]:
     """Inverse of save_state; returns {"step", "history"}. Every rank reads rank 0's run.pt (the method state
-    is identical on every rank) and its own rank file."""
+    is identical on every rank, except the keys in method.per_rank_state, such as the mixing generator, which
+    each rank restores from its own file)."""
     parts.engine.load(os.path.join(directory, "engine"), tag=ENGINE_TAG)
     run = torch.load(os.path.join(directory, "run.pt"), weights_only=False)
     mine = torch.load(os.path.join(directory, f"rank{parts.rank}.pt"), weights_only=False)
-    parts.method.load_state_dict(run["method"])
+    parts.method.load_state_dict({**run["method"], **mine["method"]})
     parts.source.restore(mine["streams"]["source"])
     if parts.target is not None:
         parts.target.restore(mine["streams"]["target"])

@@ -152,3 +152,10 @@ def test_relaunch_with_the_same_name_resumes(local_ray, tiny_data_dir, tmp_path)
     first, second = _attempts(tmp_path / "rank0.steps")
     assert first[0] == 0 and second == list(range(5, 10))
     assert summary["steps"] == 10 and len(summary["losses"]) == 10
+    # exact resume: the same losses and result as a run that was never interrupted
+    (tmp_path / "straight").mkdir()
+    straight = dataclasses.replace(_crash_config(tiny_data_dir, tmp_path, "straight", max_failures=0),
+                                   method=_CrashOnceConfig(log_dir=str(tmp_path / "straight"), crash_step=-1))
+    expected = launch(straight)
+    assert [e["loss"] for e in summary["losses"]] == [e["loss"] for e in expected["losses"]]
+    assert summary["confusion"] == expected["confusion"]

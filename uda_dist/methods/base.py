@@ -43,6 +43,9 @@ class Method:
     """Interface of every method: named weighted losses for one step, and state updated after it."""
 
     needs_target: bool = False
+    per_rank_state: tuple[str, ...] = ()
+    """Keys of state_dict() that differ between workers (random generators seeded by rank); the rest is the
+    same on every rank and is checkpointed once."""
 
     def losses(self, student: nn.Module, source: dict[str, Any], target: dict[str, Any] | None,
                step: int) -> dict[str, torch.Tensor]:

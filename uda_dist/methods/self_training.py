@@ -121,6 +121,7 @@ def mix(mask_BHW: torch.Tensor, inside: torch.Tensor, outside: torch.Tensor) -> 
 
 class SelfTraining(Method):
     needs_target = True
+    per_rank_state = ("generator",)  # seeded by rank: ClassMix classes, crops
 
     def __init__(self, cfg: SelfTrainingConfig, student: nn.Module, *, seed: int = 0):
         self.cfg = cfg
