@@ -23,6 +23,9 @@ import tempfile
 import time
 from typing import Any
 
+RESULT_FILES = ("summary.json", "student.pt")
+"""What a finished run leaves in {output_dir}/{name} and in its final Ray checkpoint."""
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class LaunchConfig:
@@ -71,7 +74,7 @@ def launch(cfg: Any) -> dict[str, Any]:
             # (cluster/local.sh does the same for the nodes it starts).
             env = {"PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
             ray.init(runtime_env={"env_vars": env})
-    _prepare_data(cfg)
+    prepare_data(cfg)
     threads = cfg.train.threads or lc.cpus_per_worker
     worker_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=threads))
     storage = lc.storage_path or os.path.abspath(os.path.join(cfg.output_dir, "ray"))
@@ -91,10 +94,7 @@ def launch(cfg: Any) -> dict[str, Any]:
     with result.checkpoint.as_directory() as directory:
         with open(os.path.join(directory, "summary.json")) as f:
             summary = json.load(f)
-        out_dir = os.path.join(cfg.output_dir, cfg.name)
-        os.makedirs(out_dir, exist_ok=True)
-        for name in ("summary.json", "student.pt"):
-            shutil.copyfile(os.path.join(directory, name), os.path.join(out_dir, name))
+        _copy_results(directory, os.path.join(cfg.output_dir, cfg.name))
     return summary
 
 
@@ -109,7 +109,13 @@ def run_name(cfg: Any) -> str:
     return f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _prepare_data(cfg: Any) -> None:
+def _copy_results(src: str, dst: str) -> None:
+    os.makedirs(dst, exist_ok=True)
+    for name in RESULT_FILES:
+        shutil.copyfile(os.path.join(src, name), os.path.join(dst, name))
+
+
+def prepare_data(cfg: Any) -> None:
     """Read every manifest once on the driver: a clear error before any worker starts, and the synthetic
     benchmark generated once here instead of by several workers at the same time on this machine."""
     from uda_dist.data.sources import load_manifest
@@ -153,9 +159,7 @@ class _RayCheckpointer:
         with tempfile.TemporaryDirectory() as directory:
             save_state(parts, directory, step, history)
             if final is not None and parts.rank == 0:
-                out_dir = os.path.join(self.cfg.output_dir, self.cfg.name)
-                for name in ("summary.json", "student.pt"):
-                    shutil.copyfile(os.path.join(out_dir, name), os.path.join(directory, name))
+                _copy_results(os.path.join(self.cfg.output_dir, self.cfg.name), directory)
             metrics = {"step": step, **({"miou": final.miou} if final is not None else {})}
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
                              checkpoint_dir_name=f"step_{step:08d}")

@@ -3,15 +3,14 @@
 The schedule is mmseg's: poly lr = (base - min_lr) * (1 - t/T)^power + min_lr, and during the first
 warmup_iters steps it is scaled by 1 - (1 - t/warmup_iters) * (1 - warmup_ratio). It is expressed as a
 multiplier for torch's LambdaLR, so every parameter group (backbone, heads x10) follows it.
-`LocalEngine` is the single-process trainer interface (backward, step, the model); the DeepSpeed engine of
-the distributed issue offers the same three things.
+`LocalEngine` is the single-process trainer interface (module, autocast, backward, step, lr, save/load);
+uda_dist/dist/engine.py's DeepSpeedEngine offers the same, over the same optimiser and schedule.
 """
 from __future__ import annotations
 
 import contextlib
-import os
-
 import dataclasses
+import os
 
 import torch
 from torch import nn
@@ -67,15 +66,21 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=fused)
 
 
+def build_optimizer_and_schedule(model: nn.Module, cfg: OptimConfig, *,
+                                 total_steps: int) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """The AdamW and its LambdaLR (warm-up then poly over total_steps): what every engine optimises with."""
+    optimizer = build_optimizer(model, cfg)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, cfg=cfg, total=total_steps))
+
+
 class LocalEngine:
     """One process: the model, its AdamW, the schedule; backward() once per step, then step()."""
 
     def __init__(self, model: nn.Module, cfg: OptimConfig, *, total_steps: int):
         self.module = model
         self.cfg = cfg
-        self.optimizer = build_optimizer(model, cfg)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: lr_factor(step, cfg=cfg, total=total_steps))
+        self.optimizer, self.scheduler = build_optimizer_and_schedule(model, cfg, total_steps=total_steps)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()  # fp32 (bf16 autocast is the DeepSpeed engine's option)

@@ -13,8 +13,7 @@ from ray.train.torch import TorchTrainer
 
 from tests.helpers import tiny_overrides
 from uda_dist.config import apply_overrides
-from uda_dist.data.sources import load_manifest
-from uda_dist.launch import launch
+from uda_dist.launch import launch, prepare_data
 from uda_dist.methods.base import MethodConfig, SourceOnly
 from uda_dist.recipes.synthetic import synthetic_sepico_distcl, synthetic_source_only
 from uda_dist.stats.class_stats import ClassStatistics
@@ -57,8 +56,7 @@ def _record_statistics_worker(config):
 def test_statistics_identical_on_both_ranks_and_equal_to_one_process(local_ray, tiny_data_dir, tmp_path):
     cfg = apply_overrides(synthetic_sepico_distcl(), tiny_overrides(tiny_data_dir, str(tmp_path)) + [
         "train.iterations=4", "method.start_step=2", "model.proj_dim=8", "model.proj_hidden=8"])
-    for location in (cfg.data.source, cfg.data.target, cfg.data.val):
-        load_manifest(location, cfg.data.synthetic)  # generated once, before the workers read it
+    prepare_data(cfg)  # generated once, before the workers read it
     TorchTrainer(_record_statistics_worker, train_loop_config={"cfg": cfg, "out": str(tmp_path)},
                  scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
                  run_config=ray.train.RunConfig(name="stats", storage_path=str(tmp_path / "ray"))).fit()

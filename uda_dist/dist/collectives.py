@@ -18,15 +18,18 @@ import torch
 import torch.distributed as dist
 
 
+def has_process_group() -> bool:
+    """True on the launcher's workers (Ray Train created the group), False in a plain process."""
+    return dist.is_available() and dist.is_initialized()
+
+
 def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    return has_process_group() and dist.get_world_size() > 1
 
 
 def rank_and_world_size() -> tuple[int, int]:
     """(rank, world size) of this process; (0, 1) without a process group."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+    return (dist.get_rank(), dist.get_world_size()) if has_process_group() else (0, 1)
 
 
 def all_reduce_sum_(tensor_N: torch.Tensor) -> torch.Tensor:

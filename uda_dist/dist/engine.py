@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from uda_dist.dist import collectives
-from uda_dist.optim import LocalEngine, OptimConfig, build_optimizer, lr_factor
+from uda_dist.optim import LocalEngine, OptimConfig, build_optimizer_and_schedule
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -78,9 +78,7 @@ def deepspeed_config(cfg: EngineConfig, optim: OptimConfig, *, micro_batch: int)
 def build_engine(model: nn.Module, cfg: EngineConfig, optim: OptimConfig, *, total_steps: int, micro_batch: int,
                  device: torch.device):
     """The engine the config asks for: LocalEngine or DeepSpeedEngine (see EngineConfig.backend)."""
-    import torch.distributed as dist
-
-    grouped = dist.is_available() and dist.is_initialized()
+    grouped = collectives.has_process_group()
     backend = cfg.backend if cfg.backend != "auto" else ("deepspeed" if grouped else "local")
     if backend == "local":
         if collectives.rank_and_world_size()[1] > 1:
@@ -104,10 +102,8 @@ class DeepSpeedEngine:
         os.environ.setdefault("DS_ACCELERATOR", "cuda" if device.type == "cuda" else "cpu")
         import deepspeed
 
-        optimizer = build_optimizer(model, optim)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: lr_factor(step, cfg=optim, total=total_steps))
-        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+        optimizer, scheduler = build_optimizer_and_schedule(model, optim, total_steps=total_steps)
+        self.engine, _, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler,
             config=deepspeed_config(cfg, optim, micro_batch=micro_batch), dist_init_required=False)
         self.module = self.engine.module
