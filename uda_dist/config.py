@@ -42,6 +42,9 @@ class TrainConfig:
     """torch intra-op threads per process (0 = torch's default)."""
     checkpoint_every: int = 0
     """Steps between resumable checkpoints on the launcher's workers (0 = only the final one)."""
+    time_stats_reduce: bool = False
+    """Time the class-statistics reduce (SePiCo's per-step all-reduce) and log its share of the step time as
+    time.stats_reduce_share. On a GPU this synchronises the device around every reduce: for measurements."""
 
     def __post_init__(self) -> None:
         for name in ("iterations", "log_every"):

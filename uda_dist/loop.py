@@ -122,8 +122,10 @@ class _Parts:
         seed_everything(cfg.seed)  # the same initial student on every rank
         student = build_segmentor(cfg.model).to(device)
         # rank 0 keeps the single-process seed; the other ranks draw their own mixing/cropping randomness
+        self.reduce_timer = _ReduceTimer(device) if cfg.train.time_stats_reduce else None
         self.method = cfg.method.build(student, seed=cfg.seed + 7919 * self.rank,
-                                       reducer=collectives.all_reduce_sum_)
+                                       reducer=self.reduce_timer or collectives.all_reduce_sum_)
+        self.samples_per_step = world * data.loader.batch_size
         self.engine = build_engine(student, cfg.engine, cfg.optim, total_steps=cfg.train.iterations,
                                    micro_batch=data.loader.batch_size, device=device)
         self.source = _Stream(train_loader(source.urls(), cfg=data.loader, labeled=True, seed=cfg.seed, **shards))
@@ -132,6 +134,26 @@ class _Parts:
             target = load_manifest(data.target, data.synthetic)
             self.target = _Stream(train_loader(target.urls(), cfg=target_loader_config(data.loader), labeled=False,
                                                 seed=cfg.seed + 1, **shards))
+
+
+class _ReduceTimer:
+    """collectives.all_reduce_sum_ with the wall time spent in it (waiting for the slowest rank included)."""
+
+    def __init__(self, device: torch.device):
+        self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        self.seconds = 0.0
+
+    def __call__(self, tensor_N: torch.Tensor) -> torch.Tensor:
+        self.sync()
+        start = time.perf_counter()
+        collectives.all_reduce_sum_(tensor_N)
+        self.sync()
+        self.seconds += time.perf_counter() - start
+        return tensor_N
+
+    def take(self) -> float:
+        seconds, self.seconds = self.seconds, 0.0
+        return seconds
 
 
 class Checkpointer(Protocol):
@@ -211,13 +233,14 @@ def _train(cfg: RunConfig, parts: _Parts, device: torch.device, first: int, hist
            checkpointer: Checkpointer | None) -> None:
     bar = tqdm(range(first, cfg.train.iterations), desc=cfg.name, unit="it", dynamic_ncols=True, mininterval=1.0,
                disable=parts.rank != 0, initial=first, total=cfg.train.iterations)
+    window = _Window(parts, first)
     for step in bar:
         source = _to_device(next(parts.source), device)
         target = _to_device(next(parts.target), device) if parts.target is not None else None
         logged = train_step(parts.engine, parts.method, source, target, step)
         done = step + 1
         if done % cfg.train.log_every == 0 or done == cfg.train.iterations:
-            history["losses"].append(_log(bar, step, logged, parts.engine.lr()))
+            history["losses"].append(_log(bar, step, logged, parts.engine.lr()) | window.close(done))
         if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done < cfg.train.iterations:
             confusion_KK = evaluate(parts.engine.module, parts.val, device=device,
                                     max_batches=cfg.train.eval_max_batches)
@@ -227,7 +250,28 @@ def _train(cfg: RunConfig, parts: _Parts, device: torch.device, first: int, hist
         if checkpointer and cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0 \
                 and done < cfg.train.iterations:
             checkpointer.save(parts, done, history, None)
+        window.open_if_closed(done)  # evaluation and checkpoint time stay out of the speed
     bar.close()
+
+
+class _Window:
+    """Training speed over the steps between two logs: global samples/s and, when timed, the share of the
+    wall time spent in the class-statistics reduce. Read after the log's host sync, so the steps are done."""
+
+    def __init__(self, parts: _Parts, first: int):
+        self.parts, self.start, self.first = parts, time.perf_counter(), first
+
+    def close(self, done: int) -> dict[str, float]:
+        seconds = time.perf_counter() - self.start
+        self.start = None
+        speed = {"samples_per_s": (done - self.first) * self.parts.samples_per_step / seconds}
+        if self.parts.reduce_timer is not None:
+            speed["time.stats_reduce_share"] = self.parts.reduce_timer.take() / seconds
+        return speed
+
+    def open_if_closed(self, done: int) -> None:
+        if self.start is None:
+            self.start, self.first = time.perf_counter(), done
 
 
 def _log(bar: tqdm, step: int, logged: dict[str, torch.Tensor], lr: float) -> dict[str, float]:

@@ -1,8 +1,10 @@
 """Mean and spread over seeds of the synthetic recipes' target mIoU (the README's results table).
 
 Usage: .venv/bin/python tests/benchmarks/synthetic_seeds.py [--seeds 0 1 2] [--recipes ...] [--parallel 2]
+       [--set KEY=VALUE ... --tag TAG]
 Each (recipe, seed) is one `python -m uda_dist.train --recipe R --set seed=S` run with one torch thread;
-`--parallel` runs that many at once. The per-run summaries stay in outputs/seeds/.
+`--parallel` runs that many at once; `--set` adds overrides to every run (name the variant with `--tag`, which
+suffixes the run names). The per-run summaries stay in outputs/seeds/.
 """
 from __future__ import annotations
 
@@ -19,10 +21,10 @@ RECIPES = ("synthetic_source_only", "synthetic_self_training", "synthetic_sepico
            "synthetic_sepico_distcl", "synthetic_oracle")
 
 
-def run(recipe: str, seed: int, out_dir: str) -> float:
-    name = f"{recipe}_seed{seed}"
+def run(recipe: str, seed: int, out_dir: str, overrides: list[str], tag: str) -> float:
+    name = f"{recipe}{'_' + tag if tag else ''}_seed{seed}"
     cmd = [sys.executable, "-m", "uda_dist.train", "--recipe", recipe, "--set", f"seed={seed}",
-           "--set", f"name={name}", "--set", f"output_dir={out_dir}", "--set", "train.threads=1"]
+           f"name={name}", f"output_dir={out_dir}", "train.threads=1", *overrides]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     with open(os.path.join(out_dir, name, "summary.json")) as f:
         return 100 * json.load(f)["miou"]
@@ -34,10 +36,15 @@ def main() -> None:
     p.add_argument("--recipes", nargs="+", default=list(RECIPES))
     p.add_argument("--parallel", type=int, default=2)
     p.add_argument("--out", default="outputs/seeds")
+    p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="overrides for every run, e.g. method.tau=0.1")
+    p.add_argument("--tag", default="", help="run-name suffix for the variant (required with --set)")
     args = p.parse_args()
+    if args.overrides and not args.tag:
+        p.error("--set needs --tag (the runs' names must differ from the recipe's own runs)")
     jobs = [(r, s) for r in args.recipes for s in args.seeds]
     with ThreadPoolExecutor(args.parallel) as pool:
-        scores = list(pool.map(lambda job: run(*job, args.out), jobs))
+        scores = list(pool.map(lambda job: run(*job, args.out, args.overrides, args.tag), jobs))
     print(f"{'recipe':<26} " + " ".join(f"seed {s:>2}" for s in args.seeds) + "   mean +- std")
     for r in args.recipes:
         row = np.array([scores[jobs.index((r, s))] for s in args.seeds])

@@ -14,8 +14,11 @@ from uda_dist.recipes.synthetic import synthetic_sepico_bankcl, synthetic_sepico
 @pytest.mark.parametrize("recipe", [synthetic_sepico_protocl, synthetic_sepico_bankcl, synthetic_sepico_distcl])
 def test_sepico_recipe_trains_with_contrast_after_start(recipe, tiny_data_dir, tmp_path):
     cfg = apply_overrides(recipe(), tiny_overrides(tiny_data_dir, str(tmp_path)) +
-                          ["train.iterations=8", "train.log_every=1", "method.start_step=4", "method.tau=1"])
+                          ["train.iterations=8", "train.log_every=1", "method.start_step=4", "method.tau=1",
+                           "train.time_stats_reduce=true"])
     result = train_loop(cfg)
+    for entry in result.losses:  # speed at log cadence: global samples/s and the statistics reduce's share
+        assert entry["samples_per_s"] > 0 and 0 < entry["time.stats_reduce_share"] < 1
     before, after = result.losses[3], result.losses[4]
     assert "source.contrast" not in before and "target.contrast" not in before
     assert np.isfinite(after["source.contrast"]) and np.isfinite(after["target.contrast"])
