@@ -1,9 +1,11 @@
 """The embedded default: `python -m uda_dist.train` with no recipe.
 
-Generates the synthetic benchmark if missing, trains source-only and self-training on it, evaluates both on
-the target validation split, prints a per-class IoU table and writes a picture of target predictions.
-Overrides (--set) apply to every run of the demo that has the key, e.g. --set seed=1 or
---set method.ema_alpha=0.999 (self-training only).
+Generates the synthetic benchmark if missing, trains source-only, self-training and SePiCo DistCL on it, each
+on 2 Ray Train CPU workers (DeepSpeed engines, one thread each, 2 images per worker: the recipes' global
+batch of 4), evaluates them on the target validation split, prints a per-class IoU table and writes a picture
+of target predictions. Overrides (--set) apply to every run of the demo that has the key, e.g. --set seed=1,
+--set method.ema_alpha=0.999 (the adaptation runs only) or --set launch.workers=0 data.loader.batch_size=4
+(in this process, without Ray).
 """
 from __future__ import annotations
 
@@ -14,9 +16,11 @@ import numpy as np
 import torch
 
 from uda_dist.config import ConfigError, apply_overrides, format_config, to_flat_dict
-from uda_dist.recipes.synthetic import synthetic_self_training, synthetic_source_only
+from uda_dist.recipes.synthetic import synthetic_self_training, synthetic_sepico_distcl, synthetic_source_only
 
-DEMO_RECIPES = (synthetic_source_only, synthetic_self_training)
+DEMO_RECIPES = (synthetic_source_only, synthetic_self_training, synthetic_sepico_distcl)
+DEMO_WORKERS = 2
+"""Ray Train workers per run; each reads batch_size / DEMO_WORKERS images per step."""
 PICTURE_IMAGES = 4
 
 
@@ -29,20 +33,28 @@ def main(overrides: list[str], *, print_only: bool = False) -> int:
     if print_only:
         print("\n\n".join(format_config(cfg) for cfg in configs))
         return 0
-    from uda_dist.loop import train_loop
     from uda_dist.report import format_iou_table
-    results = {cfg.name: train_loop(cfg) for cfg in configs}
+    ious = {cfg.name: _train(cfg) for cfg in configs}
     print("\nTarget validation IoU (%), synthetic benchmark:")
-    print(format_iou_table({name: r.iou for name, r in results.items()}))
-    picture = _picture(configs, results)
+    print(format_iou_table(ious))
+    picture = _picture(configs)
     print(f"\nPredictions on target images: {os.path.abspath(picture)}")
     return 0
+
+
+def _train(cfg) -> list[float]:
+    """Per-class target IoU of one run, trained on the launcher's workers or, with launch.workers=0, here."""
+    if cfg.launch.workers:
+        from uda_dist.launch import launch
+        return launch(cfg)["iou"]
+    from uda_dist.loop import train_loop
+    return train_loop(cfg).iou
 
 
 def _configs(overrides: list[str]) -> list:
     """The demo's runs with the overrides applied; a key only some runs have (method.ema_alpha) goes to
     those runs, a key none has is an error."""
-    bases = [recipe() for recipe in DEMO_RECIPES]
+    bases = [_on_workers(recipe()) for recipe in DEMO_RECIPES]
     valid_keys = [set(to_flat_dict(cfg)) for cfg in bases]
     keys = [text.partition("=")[0].strip() for text in overrides]
     for text, key in zip(overrides, keys):
@@ -52,7 +64,15 @@ def _configs(overrides: list[str]) -> list:
             for cfg, valid in zip(bases, valid_keys)]
 
 
-def _picture(configs: list, results: dict) -> str:
+def _on_workers(cfg):
+    """The recipe on DEMO_WORKERS Ray Train workers with the same global batch."""
+    batch = cfg.data.loader.batch_size
+    if batch % DEMO_WORKERS:
+        raise ValueError(f"{cfg.name}: batch {batch} does not split over {DEMO_WORKERS} workers")
+    return apply_overrides(cfg, [f"launch.workers={DEMO_WORKERS}", f"data.loader.batch_size={batch // DEMO_WORKERS}"])
+
+
+def _picture(configs: list) -> str:
     """Grid of the first target validation images with ground truth and each run's prediction."""
     from uda_dist.data.sources import load_manifest
     from uda_dist.data.webdataset import eval_loader
@@ -64,7 +84,8 @@ def _picture(configs: list, results: dict) -> str:
     preds = {}
     for cfg in configs:
         model = build_segmentor(cfg.model)
-        model.load_state_dict(torch.load(results[cfg.name].weights, weights_only=True))
+        weights = os.path.join(cfg.output_dir, cfg.name, "student.pt")
+        model.load_state_dict(torch.load(weights, weights_only=True))
         with torch.no_grad():
             preds[cfg.name] = model.eval().segment(images_B3HW).argmax(1).numpy().astype(np.uint8)
     images = (images_B3HW.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)

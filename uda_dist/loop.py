@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import random
+import sys
 import time
 from typing import Any, Iterator, Protocol
 
@@ -231,8 +232,11 @@ def train_loop(cfg: RunConfig, *, checkpointer: Checkpointer | None = None) -> R
 
 def _train(cfg: RunConfig, parts: _Parts, device: torch.device, first: int, history: dict[str, Any],
            checkpointer: Checkpointer | None) -> None:
-    bar = tqdm(range(first, cfg.train.iterations), desc=cfg.name, unit="it", dynamic_ncols=True, mininterval=1.0,
-               disable=parts.rank != 0, initial=first, total=cfg.train.iterations)
+    # a terminal redraws one line; elsewhere (Ray forwards a worker's output line by line) every update is a line
+    interval = 1.0 if sys.stderr.isatty() else 30.0
+    bar = tqdm(range(first, cfg.train.iterations), desc=cfg.name, unit="it", dynamic_ncols=True,
+               mininterval=interval, maxinterval=max(10.0, interval), disable=parts.rank != 0, initial=first,
+               total=cfg.train.iterations)
     window = _Window(parts, first)
     for step in bar:
         source = _to_device(next(parts.source), device)

@@ -1,5 +1,6 @@
 """Ray Train V2 workers running DeepSpeed engines (gloo on CPU), on a local Ray started by the tests."""
 import dataclasses
+import json
 import os
 import sys
 import time
@@ -20,9 +21,10 @@ from uda_dist.stats.class_stats import ClassStatistics
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    # 4 logical CPUs on the 2 cores: two 1-CPU workers plus Ray Train's controller
-    env = {"PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
+def local_ray(s3_server):
+    # 4 logical CPUs on the 2 cores: two 1-CPU workers plus Ray Train's controller; the workers see the S3
+    # server through the standard AWS environment (for s3:// storage)
+    env = {"PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""), **s3_server}
     ray.init(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": env})
     yield
     ray.shutdown()
@@ -88,6 +90,21 @@ def test_launcher_trains_two_deepspeed_workers(local_ray, tiny_data_dir, tmp_pat
     assert os.path.isfile(tmp_path / f"zero{zero_stage}" / "student.pt")
 
 
+def test_demo_trains_its_runs_on_two_workers(local_ray, tiny_data_dir, tmp_path, capsys):
+    from uda_dist import demo
+
+    overrides = tiny_overrides(tiny_data_dir, str(tmp_path)) + [
+        "train.iterations=3", "data.loader.batch_size=2", "model.proj_dim=8", "model.proj_hidden=8"]
+    assert demo.main(overrides) == 0
+    out = capsys.readouterr().out
+    for name in ("synthetic_source_only", "synthetic_self_training", "synthetic_sepico_distcl"):
+        assert name in out
+        with open(tmp_path / name / "summary.json") as f:
+            summary = json.load(f)
+        assert summary["config"]["launch.workers"] == 2 and summary["steps"] == 3
+    assert os.path.isfile(tmp_path / "demo_predictions.png")
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class _CrashOnceConfig(MethodConfig):
     """Source-only, but rank 1 exits hard (a dead worker process) after step `crash_step` the first time,
@@ -125,10 +142,11 @@ def _attempts(path):
     return attempts
 
 
-def _crash_config(tiny_data_dir, tmp_path, name, max_failures):
+def _crash_config(tiny_data_dir, tmp_path, name, max_failures, storage=""):
     cfg = apply_overrides(synthetic_source_only(), tiny_overrides(tiny_data_dir, str(tmp_path)) + [
         "train.iterations=10", "train.log_every=1", "train.checkpoint_every=5", "launch.workers=2",
-        f"launch.max_failures={max_failures}", f"name={name}", f"launch.run_name={name}"])
+        f"launch.max_failures={max_failures}", f"name={name}", f"launch.run_name={name}",
+        f"launch.storage_path={storage}"])
     return dataclasses.replace(cfg, method=_CrashOnceConfig(log_dir=str(tmp_path)))
 
 
@@ -157,3 +175,21 @@ def test_relaunch_with_the_same_name_resumes(local_ray, tiny_data_dir, tmp_path)
     expected = launch(straight)
     assert [e["loss"] for e in summary["losses"]] == [e["loss"] for e in expected["losses"]]
     assert summary["confusion"] == expected["confusion"]
+
+
+def test_checkpoints_in_s3_storage_resume(local_ray, tiny_data_dir, tmp_path):
+    """launch.storage_path=s3://...: the checkpoints go to the S3 server, and a relaunch resumes from there."""
+    import boto3
+
+    cfg = _crash_config(tiny_data_dir, tmp_path, "in-s3", max_failures=0, storage="s3://runs/uda")
+    with pytest.raises(Exception):
+        launch(cfg)  # dies at step 7 with its checkpoint at step 5 in the bucket
+    keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="runs", Prefix="uda/in-s3/")["Contents"]]
+    assert any(k.startswith("uda/in-s3/step_00000005/") and k.endswith("run.pt") for k in keys)
+    assert not (tmp_path / "ray").exists()  # nothing went to the local default
+    summary = launch(cfg)
+    first, second = _attempts(tmp_path / "rank0.steps")
+    assert first[0] == 0 and second == list(range(5, 10))  # resumed from the checkpoint read back from S3
+    assert summary["steps"] == 10
+    keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="runs", Prefix="uda/in-s3/")["Contents"]]
+    assert any(k.startswith("uda/in-s3/step_00000010/") and k.endswith("summary.json") for k in keys)

@@ -31,10 +31,12 @@ def test_self_training_runs_teacher_and_mix(tiny_data_dir, tmp_path):
     assert [e["step"] for e in result.evaluations] == [10, 20]
 
 
-def test_demo_prints_table_and_writes_picture(tiny_data_dir, tmp_path, capsys):
-    overrides = tiny_overrides(tiny_data_dir, str(tmp_path)) + ["train.iterations=6"]
+def test_demo_in_process_prints_table_and_writes_picture(tiny_data_dir, tmp_path, capsys):
+    overrides = tiny_overrides(tiny_data_dir, str(tmp_path)) + ["train.iterations=6", "launch.workers=0",
+                                                                 "model.proj_dim=8", "model.proj_hidden=8"]
     assert demo.main(overrides) == 0
     out = capsys.readouterr().out
-    assert "synthetic_source_only" in out and "synthetic_self_training" in out and "mIoU" in out
+    for name in ("synthetic_source_only", "synthetic_self_training", "synthetic_sepico_distcl", "mIoU"):
+        assert name in out
     picture = os.path.join(tmp_path, "demo_predictions.png")
     assert os.path.isfile(picture) and picture in out
