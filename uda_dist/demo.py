@@ -1,9 +1,9 @@
 """The embedded default: `python -m uda_dist.train` with no recipe.
 
 Generates the synthetic benchmark if missing, trains source-only, self-training and SePiCo DistCL on it, each
-on 2 Ray Train CPU workers (DeepSpeed engines, one thread each, 2 images per worker: the recipes' global
-batch of 4), evaluates them on the target validation split, prints a per-class IoU table and writes a picture
-of target predictions. Overrides (--set) apply to every run of the demo that has the key, e.g. --set seed=1,
+on 2 Ray Train CPU workers (DeepSpeed engines sharing the machine's cores, 2 images per worker: the recipes'
+global batch of 4), evaluates them on the target validation split, prints a per-class IoU table and writes a
+picture of target predictions. Overrides (--set) apply to every run of the demo that has the key, e.g. --set seed=1,
 --set method.ema_alpha=0.999 (the adaptation runs only) or --set launch.workers=0 data.loader.batch_size=4
 (in this process, without Ray).
 """
@@ -65,11 +65,14 @@ def _configs(overrides: list[str]) -> list:
 
 
 def _on_workers(cfg):
-    """The recipe on DEMO_WORKERS Ray Train workers with the same global batch."""
+    """The recipe on DEMO_WORKERS Ray Train workers with the same global batch, the machine's cores shared
+    between them (one thread each on 2 cores)."""
     batch = cfg.data.loader.batch_size
     if batch % DEMO_WORKERS:
         raise ValueError(f"{cfg.name}: batch {batch} does not split over {DEMO_WORKERS} workers")
-    return apply_overrides(cfg, [f"launch.workers={DEMO_WORKERS}", f"data.loader.batch_size={batch // DEMO_WORKERS}"])
+    cpus = max(1, (os.cpu_count() or DEMO_WORKERS) // DEMO_WORKERS)
+    return apply_overrides(cfg, [f"launch.workers={DEMO_WORKERS}", f"launch.cpus_per_worker={cpus}",
+                                 f"data.loader.batch_size={batch // DEMO_WORKERS}"])
 
 
 def _picture(configs: list) -> str:

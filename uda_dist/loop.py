@@ -282,7 +282,7 @@ def _log(bar: tqdm, step: int, logged: dict[str, torch.Tensor], lr: float) -> di
     """The one host sync of the logged values, at log cadence."""
     stacked = collectives.mean_for_log(torch.stack([v.float() for v in logged.values()]))
     values = {name: float(v) for name, v in zip(logged, stacked.tolist())}
-    bar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{lr:.2e}")
+    bar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{lr:.2e}", refresh=False)  # drawn at the bar's own pace
     return {"step": step + 1, "lr": lr, **values}
 
 
