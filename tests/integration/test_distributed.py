@@ -94,7 +94,8 @@ def test_demo_trains_its_runs_on_two_workers(local_ray, tiny_data_dir, tmp_path,
     from uda_dist import demo
 
     overrides = tiny_overrides(tiny_data_dir, str(tmp_path)) + [
-        "train.iterations=3", "data.loader.batch_size=2", "model.proj_dim=8", "model.proj_hidden=8"]
+        "train.iterations=3", "data.loader.batch_size=2", "model.proj_dim=8", "model.proj_hidden=8",
+        "launch.cpus_per_worker=1"]  # the demo's own choice (half the cores each) may not fit the test's Ray
     assert demo.main(overrides) == 0
     out = capsys.readouterr().out
     for name in ("synthetic_source_only", "synthetic_self_training", "synthetic_sepico_distcl"):
