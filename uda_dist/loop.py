@@ -8,6 +8,7 @@ student weights and a summary under {output_dir}/{name}.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -246,36 +247,44 @@ def _train(cfg: RunConfig, parts: _Parts, device: torch.device, first: int, hist
         if done % cfg.train.log_every == 0 or done == cfg.train.iterations:
             history["losses"].append(_log(bar, step, logged, parts.engine.lr()) | window.close(done))
         if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done < cfg.train.iterations:
-            confusion_KK = evaluate(parts.engine.module, parts.val, device=device,
-                                    max_batches=cfg.train.eval_max_batches)
+            with window.paused():
+                confusion_KK = evaluate(parts.engine.module, parts.val, device=device,
+                                        max_batches=cfg.train.eval_max_batches)
             history["evaluations"].append(_evaluation_record(done, confusion_KK))
             if parts.rank == 0:
                 bar.write(f"[{cfg.name}] step {done}: target mIoU {100 * history['evaluations'][-1]['miou']:.2f}")
         if checkpointer and cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0 \
                 and done < cfg.train.iterations:
-            checkpointer.save(parts, done, history, None)
-        window.open_if_closed(done)  # evaluation and checkpoint time stay out of the speed
+            with window.paused():
+                checkpointer.save(parts, done, history, None)
     bar.close()
 
 
 class _Window:
     """Training speed over the steps between two logs: global samples/s and, when timed, the share of the
-    wall time spent in the class-statistics reduce. Read after the log's host sync, so the steps are done."""
+    wall time spent in the class-statistics reduce. Read after the log's host sync, so the steps are done;
+    evaluation and checkpoint time (``paused``) are left out."""
 
     def __init__(self, parts: _Parts, first: int):
-        self.parts, self.start, self.first = parts, time.perf_counter(), first
+        self.parts, self.first = parts, first
+        self.start, self.paused_s = time.perf_counter(), 0.0
 
     def close(self, done: int) -> dict[str, float]:
-        seconds = time.perf_counter() - self.start
-        self.start = None
+        now = time.perf_counter()
+        seconds = now - self.start - self.paused_s
         speed = {"samples_per_s": (done - self.first) * self.parts.samples_per_step / seconds}
         if self.parts.reduce_timer is not None:
             speed["time.stats_reduce_share"] = self.parts.reduce_timer.take() / seconds
+        self.first, self.start, self.paused_s = done, now, 0.0
         return speed
 
-    def open_if_closed(self, done: int) -> None:
-        if self.start is None:
-            self.start, self.first = time.perf_counter(), done
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.paused_s += time.perf_counter() - start
 
 
 def _log(bar: tqdm, step: int, logged: dict[str, torch.Tensor], lr: float) -> dict[str, float]:
