@@ -3,9 +3,9 @@
 Generates the synthetic benchmark if missing, trains source-only, self-training and SePiCo DistCL on it, each
 on 2 Ray Train CPU workers (DeepSpeed engines sharing the machine's cores, 2 images per worker: the recipes'
 global batch of 4), evaluates them on the target validation split, prints a per-class IoU table and writes a
-picture of target predictions. Overrides (--set) apply to every run of the demo that has the key, e.g. --set seed=1,
---set method.ema_alpha=0.999 (the adaptation runs only) or --set launch.workers=0 data.loader.batch_size=4
-(in this process, without Ray).
+picture of target predictions. Overrides (--set) apply to every run of the demo that has the key, e.g.
+--set seed=1, --set method.ema_alpha=0.999 (the adaptation runs only) or --set launch.workers=0
+data.loader.batch_size=4 (in this process, without Ray).
 """
 from __future__ import annotations
 
@@ -33,22 +33,14 @@ def main(overrides: list[str], *, print_only: bool = False) -> int:
     if print_only:
         print("\n\n".join(format_config(cfg) for cfg in configs))
         return 0
+    from uda_dist.launch import train_iou
     from uda_dist.report import format_iou_table
-    ious = {cfg.name: _train(cfg) for cfg in configs}
+    ious = {cfg.name: train_iou(cfg) for cfg in configs}
     print("\nTarget validation IoU (%), synthetic benchmark:")
     print(format_iou_table(ious))
     picture = _picture(configs)
     print(f"\nPredictions on target images: {os.path.abspath(picture)}")
     return 0
-
-
-def _train(cfg) -> list[float]:
-    """Per-class target IoU of one run, trained on the launcher's workers or, with launch.workers=0, here."""
-    if cfg.launch.workers:
-        from uda_dist.launch import launch
-        return launch(cfg)["iou"]
-    from uda_dist.loop import train_loop
-    return train_loop(cfg).iou
 
 
 def _configs(overrides: list[str]) -> list:

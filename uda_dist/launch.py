@@ -98,6 +98,15 @@ def launch(cfg: Any) -> dict[str, Any]:
     return summary
 
 
+def train_iou(cfg: Any) -> list[float]:
+    """Per-class target IoU of cfg, trained on cfg.launch.workers Ray Train workers, or in this process when
+    that is 0."""
+    if cfg.launch.workers:
+        return launch(cfg)["iou"]
+    from uda_dist.loop import train_loop
+    return train_loop(cfg).iou
+
+
 def run_name(cfg: Any) -> str:
     """launch.run_name, else the `ray job submit` submission id, else a fresh {name}-{date-time}."""
     if cfg.launch.run_name:

@@ -47,14 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         print(format_config(cfg))
         return 0
     from uda_dist.data.schema import SchemaError
-    from uda_dist.loop import train_loop
+    from uda_dist.launch import train_iou
     from uda_dist.report import format_iou_table
     try:
-        if cfg.launch.workers:
-            from uda_dist.launch import launch
-            iou = launch(cfg)["iou"]
-        else:
-            iou = train_loop(cfg).iou
+        iou = train_iou(cfg)
     except (FileNotFoundError, SchemaError) as e:  # missing manifests/weights, malformed shards: no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
