@@ -8,6 +8,7 @@ student weights and a summary under {output_dir}/{name}.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import json
@@ -61,8 +62,8 @@ class _Stream:
     """Endless batches from an epoch-sized TrainLoader (each pass is a fresh epoch), with its position
     (epoch, batches taken in it) so that a resumed run continues the same stream."""
 
-    def __init__(self, loader: Any):
-        self.loader = loader
+    def __init__(self, loader: Any, bad_data: collections.Counter):
+        self.loader, self.bad_data = loader, bad_data
         self.position = 0
         self._it: Iterator[dict[str, Any]] | None = None
 
@@ -73,6 +74,7 @@ class _Stream:
             batch = next(self._it, None)
             if batch is not None:
                 self.position += 1
+                self.bad_data.update(batch.pop("bad_data", {}))
                 return batch
             self._it = None  # the epoch ended: the next pass is a new epoch
         raise RuntimeError("the training stream yielded no batch in a whole epoch")
@@ -85,8 +87,11 @@ class _Stream:
         the augmentation randomness is where it was)."""
         self.loader.dataset.epoch = state["epoch"] - 1
         self._it, self.position = iter(self.loader), 0
+        counted = collections.Counter(self.bad_data)
         for _ in range(state["position"]):
             next(self)
+        self.bad_data.clear()  # the replayed batches' skips were counted before the restart
+        self.bad_data.update(counted)
 
 
 def _to_device(batch: dict[str, Any] | None, device: torch.device) -> dict[str, Any] | None:
@@ -96,14 +101,19 @@ def _to_device(batch: dict[str, Any] | None, device: torch.device) -> dict[str, 
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader: Any, *, device: torch.device, max_batches: int = 0) -> np.ndarray:
-    """Confusion matrix of the model's predictions over the loader (whole-image inference)."""
+def evaluate(model: torch.nn.Module, loader: Any, *, device: torch.device, max_batches: int = 0,
+             bad_data: collections.Counter | None = None) -> np.ndarray:
+    """Confusion matrix of the model's predictions over the loader (whole-image inference); the loader's
+    bad-data counts are added to ``bad_data``."""
     was_training = model.training
     model.eval()
     confusion_KK = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.int64, device=device)
     for index, batch in enumerate(loader):
         if max_batches and index >= max_batches:
             break
+        counts = batch.pop("bad_data", {})
+        if bad_data is not None:
+            bad_data.update(counts)
         batch = _to_device(batch, device)
         pred_BHW = model.segment(batch["image"]).argmax(dim=1)
         label_BHW = batch["label"].masked_fill(~batch["valid"].view(-1, 1, 1), IGNORE_INDEX)  # padding items
@@ -120,6 +130,7 @@ class _Parts:
         self.rank, world = collectives.rank_and_world_size()
         shards = {"rank": self.rank, "world_size": world}
         source = load_manifest(data.source, data.synthetic)
+        self.bad_data: collections.Counter = collections.Counter()  # skipped data since the last log
         self.val = eval_loader(load_manifest(data.val, data.synthetic).urls(), cfg=data.loader, **shards)
         seed_everything(cfg.seed)  # the same initial student on every rank
         student = build_segmentor(cfg.model).to(device)
@@ -130,12 +141,13 @@ class _Parts:
         self.samples_per_step = world * data.loader.batch_size
         self.engine = build_engine(student, cfg.engine, cfg.optim, total_steps=cfg.train.iterations,
                                    micro_batch=data.loader.batch_size, device=device)
-        self.source = _Stream(train_loader(source.urls(), cfg=data.loader, labeled=True, seed=cfg.seed, **shards))
+        self.source = _Stream(train_loader(source, cfg=data.loader, labeled=True, seed=cfg.seed, **shards),
+                              self.bad_data)
         self.target = None
         if self.method.needs_target:
             target = load_manifest(data.target, data.synthetic)
-            self.target = _Stream(train_loader(target.urls(), cfg=target_loader_config(data.loader), labeled=False,
-                                                seed=cfg.seed + 1, **shards))
+            self.target = _Stream(train_loader(target, cfg=target_loader_config(data.loader), labeled=False,
+                                               seed=cfg.seed + 1, **shards), self.bad_data)
 
 
 class _ReduceTimer:
@@ -245,11 +257,12 @@ def _train(cfg: RunConfig, parts: _Parts, device: torch.device, first: int, hist
         logged = train_step(parts.engine, parts.method, source, target, step)
         done = step + 1
         if done % cfg.train.log_every == 0 or done == cfg.train.iterations:
-            history["losses"].append(_log(bar, step, logged, parts.engine.lr()) | window.close(done))
+            history["losses"].append(_log(bar, step, logged, parts.engine.lr()) | window.close(done)
+                                     | _bad_data_counts(parts.bad_data, device))
         if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done < cfg.train.iterations:
             with window.paused():
                 confusion_KK = evaluate(parts.engine.module, parts.val, device=device,
-                                        max_batches=cfg.train.eval_max_batches)
+                                        max_batches=cfg.train.eval_max_batches, bad_data=parts.bad_data)
             history["evaluations"].append(_evaluation_record(done, confusion_KK))
             if parts.rank == 0:
                 bar.write(f"[{cfg.name}] step {done}: target mIoU {100 * history['evaluations'][-1]['miou']:.2f}")
@@ -293,6 +306,15 @@ def _log(bar: tqdm, step: int, logged: dict[str, torch.Tensor], lr: float) -> di
     values = {name: float(v) for name, v in zip(logged, stacked.tolist())}
     bar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{lr:.2e}", refresh=False)  # drawn at the bar's own pace
     return {"step": step + 1, "lr": lr, **values}
+
+
+def _bad_data_counts(bad_data: collections.Counter, device: torch.device) -> dict[str, float]:
+    """Data skipped under bad_data="skip" since the last log, summed over ranks (at log cadence)."""
+    keys = ("skipped_samples", "broken_shards")
+    counts = collectives.all_reduce_sum_(torch.tensor([float(bad_data[k]) for k in keys], dtype=torch.float64,
+                                                         device=device))
+    bad_data.clear()
+    return {f"data.{k}": float(v) for k, v in zip(keys, counts.tolist())}
 
 
 def _evaluation_record(step: int, confusion_KK: np.ndarray) -> dict[str, Any]:

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from uda_dist.data import schema
+from uda_dist.data.reading import BadDataError
 from uda_dist.data.webdataset import LoaderConfig, eval_loader, train_loader
 
 H, W = 16, 24
@@ -81,12 +82,12 @@ def test_ranks_and_seeds_draw_different_streams(urls):
 
 def test_unlabeled_stream_has_no_label_even_if_the_shard_has_one(urls):
     for batch in train_loader(urls, cfg=train_cfg(epoch_batches=2), labeled=False, seed=0):
-        assert set(batch) == {"image", "key"}
+        assert set(batch) == {"image", "key", "bad_data"}
 
 
 def test_labeled_stream_over_unlabeled_shards_names_the_sample(tmp_path):
     urls = write_split(tmp_path, 3, labeled=False)
-    with pytest.raises(schema.SchemaError, match="k00.*labeled=True"):
+    with pytest.raises(BadDataError, match="k00.*no 'label.png' member"):
         next(iter(train_loader(urls, cfg=train_cfg(), labeled=True, seed=0)))
 
 
@@ -119,7 +120,7 @@ def test_eval_splits_samples_over_ranks_without_overlap(urls, world_size, num_wo
 
 def test_eval_requires_labels_and_names_the_sample(tmp_path):
     urls = write_split(tmp_path, 2, labeled=False)
-    with pytest.raises(schema.SchemaError, match="'k000'.*needs labels"):
+    with pytest.raises(BadDataError, match="'k000'.*no 'label.png' member"):
         list(eval_loader(urls, cfg=LoaderConfig(num_workers=0)))
 
 

@@ -6,8 +6,10 @@ A sample is consecutive tar members sharing a key (../shared/DATASETS.md, "Shard
   {key}.json               dataset, split, original path, size [H, W], class pixel histogram
 Shards are plain tar files written by webdataset's TarWriter with a fixed mtime and a fixed member order,
 so a rebuild is byte-identical. A manifest (JSON) per dataset split lists the shards (URLs relative to the
-manifest's folder, or absolute), their sample counts and the split's class pixel histogram.
-Nothing here decodes pickle.
+manifest's folder, or absolute), their sample counts, the split's class pixel histogram and, per sample, its
+key, the byte range of its tar members in the shard and its class pixel histogram: rare class sampling picks
+samples from the histograms and reads just their byte ranges. Manifests and shards may live in a local folder
+or under s3://bucket/prefix (read through uda_dist.data.s3). Nothing here decodes pickle.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import dataclasses
 import io
 import json
 import os
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 from PIL import Image
@@ -110,9 +112,22 @@ def decode_sample(sample: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class SampleIndex:
+    """Where one sample lies in its shard: its tar members are the bytes [offset, offset + size)."""
+
+    key: str
+    offset: int
+    size: int
+    class_pixels: tuple[int, ...] = ()
+    """Pixels per trainId in the stored label (empty for unlabeled samples)."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ShardInfo:
     url: str
     num_samples: int
+    samples: tuple[SampleIndex, ...] = ()
+    """The per-sample index (empty in manifests written before it existed)."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -137,55 +152,93 @@ class Manifest:
         d = dataclasses.asdict(self)
         d.pop("location")
         d["num_samples"] = self.num_samples
+        for shard in d["shards"]:  # one line per sample keeps a 25k-sample manifest readable and small
+            shard["samples"] = [[s["key"], s["offset"], s["size"], s["class_pixels"]] for s in shard["samples"]]
         return json.dumps(d, indent=1, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str, location: str = "") -> "Manifest":
         try:
             d = json.loads(text)
-            return cls(dataset=d["dataset"], split=d["split"], labeled=bool(d["labeled"]),
-                       shards=tuple(ShardInfo(url=s["url"], num_samples=int(s["num_samples"])) for s in d["shards"]),
+            shards = tuple(ShardInfo(url=s["url"], num_samples=int(s["num_samples"]),
+                                     samples=tuple(_sample_index(*row) for row in s.get("samples", ())))
+                           for s in d["shards"])
+            return cls(dataset=d["dataset"], split=d["split"], labeled=bool(d["labeled"]), shards=shards,
                        class_pixels=tuple(int(c) for c in d["class_pixels"]), location=location)
         except (KeyError, TypeError, ValueError) as e:
             raise SchemaError(f"manifest {location or '<text>'} is malformed: {e!r}") from e
 
 
-def read_manifest(path: str) -> Manifest:
-    with open(path) as f:
-        return Manifest.from_json(f.read(), location=path)
+def _sample_index(key: str, offset: int, size: int, class_pixels: list[int]) -> SampleIndex:
+    return SampleIndex(key=str(key), offset=int(offset), size=int(size),
+                       class_pixels=tuple(int(c) for c in class_pixels))
+
+
+def read_manifest(location: str) -> Manifest:
+    """A manifest from a local path or an s3:// URL."""
+    if location.startswith("s3://"):
+        from uda_dist.data import s3
+
+        return Manifest.from_json(s3.read_bytes(location).decode(), location=location)
+    with open(location) as f:
+        return Manifest.from_json(f.read(), location=location)
+
+
+def manifest_name(dataset: str, split: str) -> str:
+    return f"{dataset}-{split}{MANIFEST_SUFFIX}"
 
 
 def write_shards(samples: Iterable[dict[str, Any]], out_dir: str, *, dataset: str, split: str,
-                 labeled: bool, max_per_shard: int = 100) -> Manifest:
+                 labeled: bool, max_per_shard: int = 100,
+                 on_shard: Callable[[str], None] | None = None) -> Manifest:
     """Write encoded samples (from encode_sample) to {out_dir}/{dataset}-{split}-NNNNNN.tar and the manifest
-    {out_dir}/{dataset}-{split}.manifest.json (written last, atomically, so its presence means complete)."""
-    import webdataset as wds
-
+    {out_dir}/{dataset}-{split}.manifest.json (written last, atomically, so its presence means complete).
+    ``on_shard(path)`` is called as each shard is complete (the shard builder uploads it from there)."""
     os.makedirs(out_dir, exist_ok=True)
     shards: list[ShardInfo] = []
-    class_pixels = np.zeros(NUM_CLASSES, dtype=np.int64)
+    keys: set[str] = set()
     for index, chunk in enumerate(_chunks(samples, max_per_shard)):
         name = f"{dataset}-{split}-{index:06d}.tar"
-        tmp = os.path.join(out_dir, name + ".tmp")
-        with open(tmp, "wb") as stream, wds.TarWriter(stream, mtime=SHARD_MTIME) as writer:
-            for sample in chunk:
-                if labeled != (LABEL_EXT in sample):
-                    raise SchemaError(f"sample {sample['__key__']!r}: labeled={labeled} but label member "
-                                      f"{'missing' if labeled else 'present'}")
-                if labeled:
-                    class_pixels += json.loads(sample["json"])["class_hist"]
-                writer.write(sample)
-        os.replace(tmp, os.path.join(out_dir, name))
-        shards.append(ShardInfo(url=name, num_samples=len(chunk)))
+        shards.append(ShardInfo(url=name, num_samples=len(chunk),
+                                samples=_write_tar(chunk, os.path.join(out_dir, name), labeled=labeled, keys=keys)))
+        if on_shard is not None:
+            on_shard(os.path.join(out_dir, name))
     if not shards:
         raise SchemaError(f"{dataset}/{split}: no samples to write")
-    path = os.path.join(out_dir, f"{dataset}-{split}{MANIFEST_SUFFIX}")
+    class_pixels = np.zeros(NUM_CLASSES, dtype=np.int64)
+    for sample in (s for shard in shards for s in shard.samples if s.class_pixels):
+        class_pixels += sample.class_pixels
+    path = os.path.join(out_dir, manifest_name(dataset, split))
     manifest = Manifest(dataset=dataset, split=split, labeled=labeled, shards=tuple(shards),
                         class_pixels=tuple(int(c) for c in class_pixels), location=path)
     with open(path + ".tmp", "w") as f:
         f.write(manifest.to_json())
     os.replace(path + ".tmp", path)
     return manifest
+
+
+def _write_tar(chunk: list[dict[str, Any]], path: str, *, labeled: bool, keys: set[str]) -> tuple[SampleIndex, ...]:
+    """One shard, written to a temporary name and renamed; returns the index of its samples. The byte range
+    of a sample comes from the tar writer's own offset before and after it (tarfile pads members to 512 B)."""
+    import webdataset as wds
+
+    index = []
+    with open(path + ".tmp", "wb") as stream, wds.TarWriter(stream, mtime=SHARD_MTIME) as writer:
+        for sample in chunk:
+            key = sample["__key__"]
+            if labeled != (LABEL_EXT in sample):
+                raise SchemaError(f"sample {key!r}: labeled={labeled} but label member "
+                                  f"{'missing' if labeled else 'present'}")
+            if key in keys:
+                raise SchemaError(f"sample key {key!r} appears twice in the split")
+            keys.add(key)
+            start = writer.tarstream.offset
+            writer.write(sample)
+            hist = json.loads(sample["json"]).get("class_hist", []) if labeled else []
+            index.append(SampleIndex(key=key, offset=start, size=writer.tarstream.offset - start,
+                                     class_pixels=tuple(int(c) for c in hist)))
+    os.replace(path + ".tmp", path)
+    return tuple(index)
 
 
 def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:

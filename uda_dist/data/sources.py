@@ -1,14 +1,16 @@
 """Where a run's data comes from: the source, target and validation splits as manifests.
 
-A split is named by a manifest location (a local path to a ``*.manifest.json``, written by the shard
-builders), or by ``synthetic:<domain>/<split>`` for the project's embedded benchmark, which is generated
-(once, then cached) from ``data.synthetic``.
+A split is named by a manifest location (a local path or an s3://bucket/prefix/ URL of a ``*.manifest.json``
+written by ``python -m shards build``; its shards are read from next to it), or by
+``synthetic:<domain>/<split>`` for the project's embedded benchmark, which is generated (once, then cached)
+from ``data.synthetic``.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
 
+from uda_dist.data import s3
 from uda_dist.data.schema import MANIFEST_SUFFIX, Manifest, read_manifest
 from uda_dist.data.synthetic import SyntheticConfig, resolve_manifest
 from uda_dist.data.webdataset import LoaderConfig
@@ -19,7 +21,7 @@ SYNTHETIC_PREFIX = "synthetic:"
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DataConfig:
     source: str = "synthetic:source/train"
-    """Labelled source split: a manifest path, or synthetic:<domain>/<split>."""
+    """Labelled source split: a manifest path or s3:// URL, or synthetic:<domain>/<split>."""
     target: str = "synthetic:target/train"
     """Unlabelled target split (its labels, if any, are never read by adaptation methods)."""
     val: str = "synthetic:target/val"
@@ -37,7 +39,11 @@ def load_manifest(location: str, synthetic: SyntheticConfig) -> Manifest:
     """Read the manifest of a split, generating the synthetic benchmark first when it is named."""
     if location.startswith(SYNTHETIC_PREFIX):
         location = resolve_manifest(location, synthetic)
-    if not os.path.isfile(location):
+    if location.startswith("s3://"):
+        if not s3.exists(location):
+            raise FileNotFoundError(f"manifest {location!r} does not exist in the bucket (endpoint from "
+                                    f"AWS_ENDPOINT_URL_S3): write it with `python -m shards build ... --out s3://...`")
+    elif not os.path.isfile(location):
         raise FileNotFoundError(f"manifest {location!r} does not exist: point data.source/target/val at a "
                                 f"*{MANIFEST_SUFFIX} written by the shard builder, or use synthetic:<domain>/<split>")
     return read_manifest(location)

@@ -33,7 +33,7 @@ from uda_dist.data.synthetic_look import NIGHT, SOURCE, TARGET, Style, render_lo
 from uda_dist.data.synthetic_objects import place_objects
 from uda_dist.data.synthetic_scene import draw_background
 
-GENERATOR_VERSION = 1  # bump whenever the rendered content changes: it is part of the cache folder name
+GENERATOR_VERSION = 2  # bump whenever the shards or manifests change (2: per-sample index): part of the cache folder name
 DOMAINS = ("source", "target", "night")
 SPLITS = ("train", "val")
 PREFIX = "synthetic:"
@@ -88,7 +88,7 @@ class SyntheticConfig:
 
 def render_scene(domain: str, index: int, split: str, *, cfg: SyntheticConfig) -> tuple[np.ndarray, np.ndarray]:
     """Image (uint8 HxWx3) and label (uint8 HxW trainIds, 255 ignore) of scene index of a domain's split."""
-    _check_name(domain, split)
+    check_name(domain, split)
     if index < 0:
         raise ValueError(f"scene index must be >= 0, got {index}")
     sequence = np.random.SeedSequence([cfg.seed, DOMAINS.index(domain), SPLITS.index(split), index])
@@ -137,7 +137,7 @@ def resolve_manifest(url: str, cfg: SyntheticConfig) -> str:
     return ensure_synthetic(cfg)[name]
 
 
-def _check_name(domain: str, split: str) -> None:
+def check_name(domain: str, split: str) -> None:
     if domain not in DOMAINS:
         raise ValueError(f"unknown synthetic domain {domain!r}; valid: {', '.join(DOMAINS)}")
     if split not in SPLITS:

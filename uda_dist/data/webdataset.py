@@ -22,7 +22,12 @@ shards divide (../../shared/DESIGN.md, boundary 4). Differences from the usual r
   rank yields the same number of batches. Reading is therefore repeated per reader (decoding is not):
   cheap for local files and evaluation-sized splits; a shard-level split from manifest counts can replace
   it if remote reads ever dominate.
-Only local paths (and webdataset's own pipe:/file: URLs) are handled here; s3:// needs a gopen handler.
+- Shards are read by reading.read_samples (local paths and s3:// alike; bad-data policy; one shard at a
+  time), and each batch carries "bad_data": the counts of what this worker skipped since its last batch.
+- With rcs_temperature > 0 the source stream draws single samples by rare class sampling from the manifest's
+  per-sample index (reading.rare_class_sampler) instead of resampling whole shards, and, as DAFormer does,
+  re-draws the crop (up to 10 times) until it holds more than rcs_min_pixels * rcs_min_crop_ratio pixels of
+  the drawn class.
 
 Tensor legend: B batch, H, W image height and width.
 """
@@ -38,7 +43,8 @@ import torch
 import webdataset as wds
 
 from uda_dist.data import schema
-from uda_dist.data.augment import random_scale_crop_flip
+from uda_dist.data.augment import CAT_MAX_RETRIES as CROP_RETRIES, random_scale_crop_flip
+from uda_dist.data.reading import BAD_DATA_POLICIES, BadData, decoded, rare_class_sampler, read_samples, recorded_size
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -72,8 +78,24 @@ class LoaderConfig:
     """Samples held by the shuffle buffer of each worker (raw bytes, before decoding); 0 or 1 = no shuffle."""
     eval_batch_size: int = 4
     """Images per evaluation batch per rank; evaluation images are full size, so a batch needs equal sizes."""
+    bad_data: str = "fail"
+    """A shard that breaks or a sample that does not decode: "fail" stops the run naming it, "skip" warns,
+    counts it (metrics data.skipped_samples, data.broken_shards) and goes on."""
+    rcs_temperature: float = 0.0
+    """Rare class sampling of the SOURCE stream with this temperature (DAFormer: 0.01); 0 = off (shards are
+    resampled whole). Needs a manifest written by `python -m shards build` (per-sample class histograms)."""
+    rcs_min_pixels: int = 3000
+    """A sample qualifies for a class with more than this many pixels of it, counted in the labels as stored
+    in the shards (DAFormer's 3000 at GTA5's 1914x1052 is about 1375 at 1280x720)."""
+    rcs_min_crop_ratio: float = 0.5
+    """Re-draw the crop (up to 10 times) until it holds more than rcs_min_pixels * this of the drawn class."""
 
     def __post_init__(self) -> None:
+        if self.bad_data not in BAD_DATA_POLICIES:
+            raise ValueError(f"bad_data must be one of {BAD_DATA_POLICIES}, got {self.bad_data!r}")
+        if self.rcs_temperature < 0 or self.rcs_min_pixels < 0 or self.rcs_min_crop_ratio < 0:
+            raise ValueError(f"rcs_temperature, rcs_min_pixels and rcs_min_crop_ratio must be >= 0, got "
+                             f"{self.rcs_temperature}, {self.rcs_min_pixels}, {self.rcs_min_crop_ratio}")
         for name in ("batch_size", "epoch_batches", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -101,7 +123,7 @@ class LoaderConfig:
 def target_loader_config(cfg: LoaderConfig) -> LoaderConfig:
     """The loader config of the target domain's training stream: its own base size and crop when set."""
     return dataclasses.replace(cfg, resize=cfg.target_resize or cfg.resize,
-                               crop_size=cfg.target_crop_size or cfg.crop_size)
+                               crop_size=cfg.target_crop_size or cfg.crop_size, rcs_temperature=0.0)
 
 
 class TrainLoader(torch.utils.data.DataLoader):
@@ -117,16 +139,24 @@ class TrainLoader(torch.utils.data.DataLoader):
         return self.dataset.epoch
 
 
-def train_loader(urls: list[str], *, cfg: LoaderConfig, labeled: bool, seed: int, rank: int = 0,
+def train_loader(split: list[str] | schema.Manifest, *, cfg: LoaderConfig, labeled: bool, seed: int, rank: int = 0,
                  world_size: int = 1, first_epoch: int = 0) -> TrainLoader:
     """Endless augmented batches cut into epochs of cfg.epoch_batches: dicts with "image" float32
     [B, 3, crop_H, crop_W] in [0, 1], "label" int64 [B, crop_H, crop_W] (255 = ignore; only when labeled;
-    with labeled=False label members are not even decoded) and "key" list[str]. Deterministic given
-    (urls, cfg, seed, rank, num_workers); ranks and workers draw different streams."""
+    with labeled=False label members are not even decoded), "key" list[str] and "bad_data" (counts, see
+    reading.BadData). ``split`` is a manifest or its shard URLs (rare class sampling needs the manifest).
+    Deterministic given (split, cfg, seed, rank, num_workers); ranks and workers draw different streams."""
+    urls = split.urls() if isinstance(split, schema.Manifest) else split
     _check_args(urls, rank, world_size)
     if seed < 0 or first_epoch < 0:
         raise ValueError(f"seed and first_epoch must be >= 0, got {seed} and {first_epoch}")
-    stream = _TrainStream(list(urls), cfg=cfg, labeled=labeled, seed=seed, rank=rank, epoch=first_epoch - 1)
+    sampler = None
+    if cfg.rcs_temperature > 0:
+        if not isinstance(split, schema.Manifest) or not labeled:
+            raise ValueError("rare class sampling (rcs_temperature > 0) needs a labeled split given as a Manifest")
+        sampler = rare_class_sampler(split, temperature=cfg.rcs_temperature, min_pixels=cfg.rcs_min_pixels)
+    stream = _TrainStream(list(urls), cfg=cfg, labeled=labeled, seed=seed, rank=rank, epoch=first_epoch - 1,
+                          sampler=sampler)
     return TrainLoader(stream, batch_size=None, num_workers=cfg.num_workers, persistent_workers=False,
                        pin_memory=torch.cuda.is_available())
 
@@ -164,9 +194,10 @@ class _TrainStream(torch.utils.data.IterableDataset):
     """One rank's training stream; the webdataset pipeline is built per worker and epoch in __iter__."""
 
     def __init__(self, urls: list[str], *, cfg: LoaderConfig, labeled: bool, seed: int, rank: int,
-                 epoch: int):
+                 epoch: int, sampler: Any = None):
         super().__init__()
         self.urls, self.cfg, self.labeled, self.seed, self.rank, self.epoch = urls, cfg, labeled, seed, rank, epoch
+        self.sampler = sampler
 
     def __len__(self) -> int:
         return self.cfg.epoch_batches
@@ -178,28 +209,51 @@ class _TrainStream(torch.utils.data.IterableDataset):
             return iter(())
         shard_seq, shuffle_seq, augment_seq = np.random.SeedSequence(
             [self.seed, self.rank, worker, max(self.epoch, 0)]).spawn(3)
-        stages = [wds.ResampledShards(self.urls, seed=int(shard_seq.generate_state(1)[0]),
-                                      worker_seed=_no_worker_seed, deterministic=True),
-                  wds.tarfile_to_samples()]
+        bad = BadData(self.cfg.bad_data)
+        stages = [self._sources(shard_seq), functools.partial(read_samples, bad=bad)]
         if self.cfg.shuffle_buffer > 1:
             shuffle_rng = random.Random(int(shuffle_seq.generate_state(1)[0]))
             stages.append(wds.shuffle(self.cfg.shuffle_buffer, initial=self.cfg.shuffle_buffer, rng=shuffle_rng))
-        augment = functools.partial(_train_sample, rng=np.random.default_rng(augment_seq), cfg=self.cfg,
-                                    labeled=self.labeled)
-        stages += [wds.map(augment), wds.batched(self.cfg.batch_size, collation_fn=_collate, partial=False)]
+        augment = functools.partial(_train_samples, rng=np.random.default_rng(augment_seq), cfg=self.cfg,
+                                    labeled=self.labeled, bad=bad)
+        stages += [augment, wds.batched(self.cfg.batch_size, collation_fn=_collate, partial=False),
+                   functools.partial(_with_counts, bad=bad)]
         return iter(wds.DataPipeline(*stages).with_epoch(nbatches=num_batches))
 
+    def _sources(self, seq: np.random.SeedSequence) -> Any:
+        seed = int(seq.generate_state(1)[0])
+        if self.sampler is None:
+            return wds.ResampledShards(self.urls, seed=seed, worker_seed=_no_worker_seed, deterministic=True)
+        return functools.partial(_endless_draws, self.sampler, np.random.default_rng(seed))
 
-def _train_sample(raw: dict[str, Any], *, rng: np.random.Generator, cfg: LoaderConfig,
-                  labeled: bool) -> dict[str, Any]:
-    if not labeled:
-        raw = {k: v for k, v in raw.items() if k != schema.LABEL_EXT}
-    elif schema.LABEL_EXT not in raw:
-        raise schema.SchemaError(f"sample {raw.get('__key__')!r} in {raw.get('__url__')}: labeled=True but "
-                                 f"it has no {schema.LABEL_EXT!r} member")
-    image_HW3, label_HW, _ = schema.decode_sample(raw)
-    image_HW3, label_HW = random_scale_crop_flip(image_HW3, label_HW, rng=rng, cfg=cfg)
-    return {"key": raw["__key__"], "image": image_HW3, "label": label_HW}
+
+def _endless_draws(sampler: Any, rng: np.random.Generator) -> Iterator[dict[str, Any]]:
+    while True:
+        yield sampler.draw(rng)
+
+
+def _train_samples(raws: Iterator[dict[str, Any]], *, rng: np.random.Generator, cfg: LoaderConfig,
+                   labeled: bool, bad: BadData) -> Iterator[dict[str, Any]]:
+    """Decoded, augmented samples; unusable ones go to the bad-data policy."""
+    for raw in raws:
+        try:
+            image_HW3, label_HW, _ = decoded(raw, labeled=labeled)
+        except Exception as exc:  # noqa: BLE001 - any decoding failure falls under the policy
+            bad.bad_sample(raw.get("__key__", "?"), raw.get("__url__", "?"), exc)
+            continue
+        bad.good()
+        rcs_class = raw.get("__rcs_class__")
+        for _ in range(CROP_RETRIES + 1 if rcs_class is not None else 1):  # DAFormer: 10 re-draws
+            crop_HW3, crop_HW = random_scale_crop_flip(image_HW3, label_HW, rng=rng, cfg=cfg)
+            if rcs_class is None or (crop_HW == rcs_class).sum() > cfg.rcs_min_pixels * cfg.rcs_min_crop_ratio:
+                break
+        yield {"key": raw["__key__"], "image": crop_HW3, "label": crop_HW}
+
+
+def _with_counts(batches: Iterator[dict[str, Any]], *, bad: BadData) -> Iterator[dict[str, Any]]:
+    for batch in batches:
+        batch["bad_data"] = bad.take()
+        yield batch
 
 
 class _EvalPass(torch.utils.data.IterableDataset):
@@ -213,9 +267,12 @@ class _EvalPass(torch.utils.data.IterableDataset):
         worker, num_workers = _worker_info()
         share = functools.partial(_eval_share, rank=self.rank, world_size=self.world_size, worker=worker,
                                   num_workers=num_workers, batch_size=self.cfg.eval_batch_size)
+        bad = BadData(self.cfg.bad_data)
         return iter(wds.DataPipeline(
-            wds.SimpleShardList(self.urls), wds.tarfile_to_samples(), share, wds.map(_eval_sample),
-            wds.batched(self.cfg.eval_batch_size, collation_fn=_collate, partial=True)))
+            wds.SimpleShardList(self.urls), functools.partial(read_samples, bad=bad), share,
+            wds.map(functools.partial(_eval_sample, bad=bad)),
+            wds.batched(self.cfg.eval_batch_size, collation_fn=_collate, partial=True),
+            functools.partial(_with_counts, bad=bad)))
 
 
 def _eval_share(raw_samples: Iterator[dict[str, Any]], *, rank: int, world_size: int, worker: int,
@@ -236,12 +293,23 @@ def _eval_share(raw_samples: Iterator[dict[str, Any]], *, rank: int, world_size:
             yield last, False
 
 
-def _eval_sample(item: tuple[dict[str, Any], bool]) -> dict[str, Any]:
+def _eval_sample(item: tuple[dict[str, Any], bool], *, bad: BadData) -> dict[str, Any]:
+    """A decoded evaluation sample. Under bad_data="skip" an unusable one becomes a placeholder of its recorded
+    size that counts nowhere (valid=False), so every rank still yields the same number of batches."""
     raw, valid = item
-    if schema.LABEL_EXT not in raw:
-        raise schema.SchemaError(f"evaluation sample {raw.get('__key__')!r} in {raw.get('__url__')} has no "
-                                 f"{schema.LABEL_EXT!r} member: evaluation needs labels")
-    image_HW3, label_HW, _ = schema.decode_sample(raw)
+    try:
+        image_HW3, label_HW, _ = decoded(raw, labeled=True)
+    except Exception as exc:  # noqa: BLE001
+        size = recorded_size(raw)
+        if valid:  # a padding copy of an unusable last sample was counted by its owner
+            bad.bad_sample(raw.get("__key__", "?"), raw.get("__url__", "?"), exc)
+        if size is None:
+            raise schema.SchemaError(f"evaluation sample {raw.get('__key__')!r} in {raw.get('__url__')} is unusable "
+                                     f"and records no size to stand in for it: {exc!r}") from exc
+        image_HW3 = np.zeros((*size, 3), dtype=np.uint8)
+        label_HW, valid = np.full(size, schema.IGNORE_INDEX, dtype=np.uint8), False
+    else:
+        bad.good()
     return {"key": raw["__key__"], "image": image_HW3, "label": label_HW, "valid": valid}
 
 
