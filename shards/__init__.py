@@ -1,0 +1,1 @@
+"""Dataset trees -> WebDataset shards + manifests (python -m shards ...)."""
