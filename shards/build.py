@@ -51,6 +51,8 @@ class BuildConfig:
     """False writes a labeled split without its labels (e.g. a target's train split)."""
     staging: str = ""
     """Local folder for shards on their way to s3:// ("" = the system's temporary folder)."""
+    count: int = 0
+    """Only the first ``count`` samples in key order (0 = all): a quick trial build of a large split."""
 
     def __post_init__(self) -> None:
         if self.layout not in (*layouts.LAYOUTS, SYNTHETIC):
@@ -59,8 +61,8 @@ class BuildConfig:
             raise ValueError(f"--root {self.root!r} is not a folder: point it at the {self.layout} dataset root")
         if self.image_format not in schema.IMAGE_EXTS:
             raise ValueError(f"image_format must be one of {schema.IMAGE_EXTS}, got {self.image_format!r}")
-        if self.samples_per_shard < 1 or self.workers < 0:
-            raise ValueError("samples_per_shard must be >= 1 and workers >= 0")
+        if self.samples_per_shard < 1 or self.workers < 0 or self.count < 0:
+            raise ValueError("samples_per_shard must be >= 1, workers and count >= 0")
         if self.resize is not None and (len(self.resize) != 2 or min(self.resize) < 1):
             raise ValueError(f"resize must be two positive ints (H W), got {self.resize}")
 
@@ -68,6 +70,7 @@ class BuildConfig:
 def build(cfg: BuildConfig) -> schema.Manifest:
     """Write the split's shards and manifest to cfg.out; returns the manifest (location = where it lies)."""
     dataset, items, labeled, encode = _plan(cfg)
+    items = items[: cfg.count or None]
     processes = cfg.workers or os.cpu_count() or 1
     remote = cfg.out.startswith("s3://")
     out_dir = tempfile.mkdtemp(prefix="shards-", dir=cfg.staging or None) if remote else cfg.out

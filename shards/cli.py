@@ -28,7 +28,7 @@ def _build(args: argparse.Namespace) -> int:
     cfg = BuildConfig(layout=args.layout, root=args.root, split=args.split, condition=args.condition,
                       out=args.out, resize=tuple(args.resize) if args.resize else None,
                       image_format=args.image_format, samples_per_shard=args.samples_per_shard,
-                      workers=args.workers, labels=not args.no_labels, staging=args.staging)
+                      workers=args.workers, labels=not args.no_labels, staging=args.staging, count=args.count)
     manifest = build(cfg)
     print(f"wrote {manifest.num_samples} samples in {len(manifest.shards)} shards; manifest: {manifest.location}")
     return 0
@@ -65,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--workers", type=int, default=0, help="encoding processes (0 = one per core)")
     b.add_argument("--no-labels", action="store_true", help="leave the labels out (an unlabeled target split)")
     b.add_argument("--staging", default="", help="local folder for shards on their way to s3://")
+    b.add_argument("--count", type=int, default=0, help="only the first N samples (a trial build; 0 = all)")
     b.set_defaults(run=_build)
     v = commands.add_parser("verify", help="decode every sample and check it against the manifest")
     v.add_argument("manifest")

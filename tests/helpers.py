@@ -1,4 +1,5 @@
 """Shared test settings."""
+import os
 
 
 def tiny_overrides(cache_dir: str, out_dir: str) -> list[str]:
@@ -11,3 +12,13 @@ def tiny_overrides(cache_dir: str, out_dir: str) -> list[str]:
         "model.backbone=resnet10t", "model.embed_dim=32",
         "optim.warmup_iters=5", "train.iterations=40", "train.log_every=5", f"output_dir={out_dir}",
     ]
+
+
+def upload_split(local_manifest, prefix: str) -> str:
+    """Upload a local split's shards and manifest under s3://runs/<prefix>/; returns the manifest URL."""
+    from uda_dist.data import s3
+
+    pairs = [(url, f"s3://runs/{prefix}/{os.path.basename(url)}") for url in local_manifest.urls()]
+    url = f"s3://runs/{prefix}/{os.path.basename(local_manifest.location)}"
+    s3.upload_files(pairs + [(local_manifest.location, url)])
+    return url

@@ -4,8 +4,10 @@ Every request is forwarded to the server on a fresh connection and the response 
 client connection. GET requests are numbered; with ``fail_every=m`` every m-th GET is answered 503 SlowDown
 without reaching the server (botocore retries it), and with ``cut_every=n`` every n-th GET has its response
 relayed only up to ``cut_after`` bytes of body before both connections are closed (the client sees a broken
-body mid-stream and has to resume it). The counters say how many faults were injected. While the proxy
-runs, AWS_ENDPOINT_URL_S3 points at it and uda_dist.data.s3 makes new clients.
+body mid-stream and has to resume it). The counters say how many faults were injected. With
+``strip_if_match=True`` the If-Match header is dropped from requests, as a server that ignores it would (the
+reader must then notice a replaced object by its ETag). While the proxy runs, AWS_ENDPOINT_URL_S3 points at
+it and uda_dist.data.s3 makes new clients.
 """
 from __future__ import annotations
 
@@ -23,10 +25,12 @@ SLOW_DOWN = (b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown
 
 
 class FaultProxy:
-    def __init__(self, upstream: str, *, cut_every: int = 0, fail_every: int = 0, cut_after: int = 100_000):
+    def __init__(self, upstream: str, *, cut_every: int = 0, fail_every: int = 0, cut_after: int = 100_000,
+                 strip_if_match: bool = False):
         parsed = urllib.parse.urlparse(upstream)
         self.upstream = (parsed.hostname, parsed.port)
         self.cut_every, self.fail_every, self.cut_after = cut_every, fail_every, cut_after
+        self.strip_if_match = strip_if_match
         self.cuts = self.failures = self.gets = 0
         self._numbers = itertools.count(1)
         self._lock = threading.Lock()
@@ -70,6 +74,8 @@ class FaultProxy:
             conn.sendall(b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nConnection: close\r\n"
                          + f"Content-Length: {len(SLOW_DOWN)}\r\n\r\n".encode() + SLOW_DOWN)
             return
+        if self.strip_if_match:
+            head = _without_header(head, b"if-match")
         response = self._forward(_with_connection_close(head) + body)
         if fault == "cut":
             end = response.index(b"\r\n\r\n") + 4
@@ -119,6 +125,13 @@ def _content_length(head: bytes) -> int:
 
 def _with_connection_close(message: bytes) -> bytes:
     """The message with its Connection header set to close (one request per connection)."""
+    message = _without_header(message, b"connection")
     end = message.index(b"\r\n\r\n")
-    lines = [line for line in message[:end].split(b"\r\n") if not line.lower().startswith(b"connection:")]
-    return b"\r\n".join(lines + [b"Connection: close"]) + message[end:]
+    return message[:end] + b"\r\nConnection: close" + message[end:]
+
+
+def _without_header(message: bytes, name: bytes) -> bytes:
+    """The message without the header ``name`` (lower case) in its head."""
+    end = message.index(b"\r\n\r\n")
+    lines = [line for line in message[:end].split(b"\r\n") if not line.lower().startswith(name + b":")]
+    return b"\r\n".join(lines) + message[end:]

@@ -12,8 +12,9 @@ import torch
 from ray.train import ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from tests.helpers import tiny_overrides
+from tests.helpers import tiny_overrides, upload_split
 from uda_dist.config import apply_overrides
+from uda_dist.data.sources import load_manifest
 from uda_dist.launch import launch, prepare_data
 from uda_dist.methods.base import MethodConfig, SourceOnly
 from uda_dist.recipes.synthetic import synthetic_sepico_distcl, synthetic_source_only
@@ -179,10 +180,14 @@ def test_relaunch_with_the_same_name_resumes(local_ray, tiny_data_dir, tmp_path)
 
 
 def test_checkpoints_in_s3_storage_resume(local_ray, tiny_data_dir, tmp_path):
-    """launch.storage_path=s3://...: the checkpoints go to the S3 server, and a relaunch resumes from there."""
+    """launch.storage_path=s3://...: the checkpoints go to the S3 server, and a relaunch resumes from there;
+    the workers stream the run's source and validation shards from the same server."""
     import boto3
 
     cfg = _crash_config(tiny_data_dir, tmp_path, "in-s3", max_failures=0, storage="s3://runs/uda")
+    data = {name: upload_split(load_manifest(getattr(cfg.data, name), cfg.data.synthetic), f"data/{name}")
+            for name in ("source", "val")}
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **data))
     with pytest.raises(Exception):
         launch(cfg)  # dies at step 7 with its checkpoint at step 5 in the bucket
     keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="runs", Prefix="uda/in-s3/")["Contents"]]

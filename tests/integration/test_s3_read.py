@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from tests.helpers import tiny_overrides
+from tests.helpers import tiny_overrides, upload_split
 from tests.s3_faults import FaultProxy
 from uda_dist.config import apply_overrides
 from uda_dist.data import reading, s3, schema
@@ -15,15 +15,6 @@ from uda_dist.data.sources import load_manifest
 from uda_dist.data.webdataset import LoaderConfig, eval_loader, train_loader
 from uda_dist.loop import train_loop
 from uda_dist.recipes.synthetic import synthetic_self_training
-
-
-def upload_split(local_manifest: schema.Manifest, prefix: str) -> str:
-    """Upload a local split's shards and manifest under s3://runs/<prefix>/; returns the manifest URL."""
-    folder = os.path.dirname(local_manifest.location)
-    s3.upload_files([(url, f"s3://runs/{prefix}/{os.path.basename(url)}") for url in local_manifest.urls()])
-    url = f"s3://runs/{prefix}/{os.path.basename(local_manifest.location)}"
-    s3.upload_files([(os.path.join(folder, os.path.basename(local_manifest.location)), url)])
-    return url
 
 
 @pytest.fixture(scope="module")

@@ -79,11 +79,10 @@ class S3Stream(io.RawIOBase):
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
         failures = 0
-        while self.end is None or self.pos < self.end:
+        while len(view) and (self.end is None or self.pos < self.end):
             if self.body is None:
                 self._get()
-                if self.pos >= self.end:
-                    break
+                continue
             try:
                 count = self.body.readinto(view[: self._want(len(view))])
             except Exception as exc:  # noqa: BLE001 - any broken body is resumed, up to MAX_RESUMES
@@ -92,6 +91,8 @@ class S3Stream(io.RawIOBase):
                 error = EOFError(f"body ended at byte {self.pos} of {self.end}") if count == 0 else None
             if error is None:
                 self.pos += count
+                if self.pos == self.end:
+                    self._drop_body(finished=True)
                 return count
             failures += 1
             self._drop_body()
@@ -121,19 +122,32 @@ class S3Stream(io.RawIOBase):
             response = client().get_object(**args)
         except Exception as exc:
             raise OSError(f"GET {self.url} (from byte {self.pos}) failed: {exc}") from exc
-        self.etag = self.etag or response["ETag"]
-        if self.end is None:
-            self.end = self.pos + int(response["ContentLength"])
         self.body = response["Body"]._raw_stream  # urllib3's response: readinto without botocore's wrapper
+        etag, length = response["ETag"], int(response["ContentLength"])
+        if self.end is None:
+            self.end = self.pos + length
+        problem = None
+        if self.etag is not None and etag != self.etag:  # a server that ignores If-Match
+            problem = f"the object changed while it was read (ETag {self.etag} -> {etag})"
+        elif length != self.end - self.pos:
+            problem = f"asked for bytes [{self.pos}, {self.end}), the server sent {length} (object too short?)"
+        if problem is not None:
+            self._drop_body()
+            raise OSError(f"GET {self.url} (from byte {self.pos}): {problem}")
+        self.etag = etag
 
-    def _drop_body(self) -> None:
-        if self.body is not None:
-            try:
-                self.body.release_conn()
-                self.body.close()
-            except Exception:  # noqa: BLE001 - the connection is broken already
-                pass
-        self.body = None
+    def _drop_body(self, finished: bool = False) -> None:
+        """Give the connection back to the pool: as it is after a complete body; closed after a broken or
+        abandoned one, so that no unread remainder reaches the next request made on it."""
+        body, self.body = self.body, None
+        if body is None:
+            return
+        try:
+            if not finished:
+                body.close()
+            body.release_conn()
+        except Exception:  # noqa: BLE001 - the connection is broken already
+            pass
 
     def close(self) -> None:
         self._drop_body()

@@ -1,8 +1,11 @@
 """Recipes on the real benchmarks with the papers' defaults (METHODS.md sections 0 and 1).
 
-They need the datasets as shards with manifests (built by `python -m shards`, a later issue) and local
-ImageNet weights; `--print-config` resolves them anywhere. Manifest locations default to
-./data/<dataset>/<dataset>-<split>.manifest.json; point them elsewhere with --set data.source=... .
+They need the datasets as shards with manifests (built by `python -m shards build ... --out data/<folder>`,
+README "Datasets as shards") and local ImageNet weights; `--print-config` resolves them anywhere. Manifest
+locations default to ./data/<folder>/<dataset>-<split>.manifest.json (the builder's names); point them
+elsewhere, s3:// included, with --set data.source=... . The DAFormer-style recipes sample the source by rare
+class sampling (T = 0.01, 3000 px, counted in the labels as stored: build GTA5/SYNTHIA at full resolution, or
+scale rcs_min_pixels with the area).
 """
 from __future__ import annotations
 
@@ -17,8 +20,8 @@ from uda_dist.model.segmentor import ModelConfig
 from uda_dist.optim import OptimConfig
 
 
-def _manifest(dataset: str, split: str) -> str:
-    return f"data/{dataset}/{dataset}-{split}.manifest.json"
+def _manifest(dataset: str, split: str, folder: str = "") -> str:
+    return f"data/{folder or dataset}/{dataset}-{split}.manifest.json"
 
 
 def gta_to_cs_daformer() -> RunConfig:
@@ -87,7 +90,8 @@ def cs_to_darkzurich_sepico_daformer() -> RunConfig:
     test set). Evaluated on Dark Zurich val; the paper's day/night pseudo-label fusion is not implemented."""
     base = gta_to_cs_daformer()
     data = dataclasses.replace(base.data, source=_manifest("cityscapes", "train"),
-                               target=_manifest("darkzurich", "train"), val=_manifest("darkzurich", "val"),
+                               target=_manifest("darkzurich-night", "train", "darkzurich"),
+                               val=_manifest("darkzurich-night", "val", "darkzurich"),
                                loader=dataclasses.replace(base.data.loader, resize=(512, 1024),
                                                                  target_resize=(540, 960)))
     return _sepico(dataclasses.replace(base, data=data), "cs_to_darkzurich_sepico_daformer", pl_crop=False)
