@@ -1,41 +1,75 @@
-"""The published on-disk layouts of GTA5, SYNTHIA, Cityscapes, Dark Zurich and ACDC (../../shared/DATASETS.md)
-as lists of samples (image path, label path, how to decode the label), and their loading.
+"""The published on-disk layouts of GTA5, SYNTHIA, Cityscapes, Dark Zurich and ACDC (../shared/DATASETS.md) as
+sorted lists of samples (image path, label path, how to decode the label), and their loading.
 
-Keys are unique within a split and dot-free (the shard contract): GTA5 and SYNTHIA the file stem,
-Cityscapes "{city}_{seq}_{frame}", Dark Zurich and ACDC "{condition}-{stem}" (so an all-conditions split
-stays unique). A split without public labels (Cityscapes test, Dark Zurich train, ACDC test) is unlabeled.
-Files beside the labels that are not labels to train on (Cityscapes *_color, *_instanceIds, *_polygons.json;
-ACDC *_labelColor, *_labelIds, *_invIds; Dark Zurich corresp/) are never matched.
+  gta5        images/{stem}.png + labels/{stem}.png (palette)                     key "{stem}"
+  synthia     RGB/{stem}.png + GT/LABELS/{stem}.png (16-bit RGB)                  key "{stem}"
+  cityscapes  leftImg8bit/{split}/{city}/{id}_leftImg8bit.png
+              + gtFine/{split}/{city}/{id}_gtFine_labelIds.png                    key "{city}_{seq}_{frame}"
+  darkzurich  Dark_Zurich_train_anon/rgb_anon/train/{cond}/{seq}/{id}_rgb_anon.png (unlabeled),
+              Dark_Zurich_val_anon/rgb_anon/val/night/{seq}/{id}_rgb_anon.png
+              + Dark_Zurich_val_anon/gt/val/night/{seq}/{id}_gt_labelTrainIds.png key "{cond}-{id}"
+  acdc        rgb_anon/{cond}/{split}/{seq}/{id}_rgb_anon.png
+              + gt/{cond}/{split}/{seq}/{id}_gt_labelTrainIds.png                 key "{cond}-{id}"
+Keys are unique within a split and dot-free (the shard contract); the condition in Dark Zurich / ACDC keys
+keeps an all-conditions split unique. "All conditions" (condition None) means the condition folders present,
+so a partial download (say ACDC fog and night only) works; a condition asked for by name must be there.
+Cityscapes test, Dark Zurich train and ACDC test have no public labels: they are listed unlabeled. Only files
+with the suffixes above, exactly that many folders down, are matched, so the siblings that are not labels to
+train on (Cityscapes *_color / *_instanceIds / *_polygons.json and its dummy test labels, ACDC / Dark Zurich
+*_labelColor / *_labelIds / *_invIds, ACDC *_ref folders, Dark Zurich corresp/) are never read. Anything
+else that breaks the layout (a missing folder, an image without its label or the reverse, a dot in a key, a
+duplicate key, an empty split) raises ValueError naming the path.
 """
 from __future__ import annotations
 
 import dataclasses
-import glob
 import os
 
 import numpy as np
 from PIL import Image
 
-from shards import labels
+from shards import labels as label_files
 
 LAYOUTS = ("gta5", "synthia", "cityscapes", "darkzurich", "acdc")
 _SPLITS = {"gta5": ("train",), "synthia": ("train",), "cityscapes": ("train", "val", "test"),
            "darkzurich": ("train", "val"), "acdc": ("train", "val", "test")}
 _CONDITIONS = {"darkzurich": ("night", "twilight", "day"), "acdc": ("fog", "night", "rain", "snow")}
+_SPLIT_CONDITIONS = {("darkzurich", "val"): ("night",)}
+"""Splits that hold only some of their layout's conditions."""
 _UNLABELED = {("cityscapes", "test"), ("darkzurich", "train"), ("acdc", "test")}
-_DECODERS = {"gta5": labels.gta5_label, "synthia": labels.synthia_label, "cityscapes": labels.cityscapes_label,
-             "trainid": labels.trainid_label}
+RGB_ANON, TRAINIDS = "_rgb_anon.png", "_gt_labelTrainIds.png"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SourceSample:
     key: str
+    """Unique within the split and dot-free: "00001", "aachen_000000_000019", "night-GOPR0356_frame_000321"."""
     image: str
+    """Absolute path of the RGB image."""
     label: str | None
+    """Absolute path of the label file; None for unlabeled splits (or when listed with labels=False)."""
     decoder: str
-    """How to read ``label``: one of "gta5", "synthia", "cityscapes", "trainid"."""
+    """How to read `label`: one of "gta5", "synthia", "cityscapes", "trainid" (shards.labels.DECODERS)."""
     relpath: str
-    """The image path relative to the dataset root (kept in the shard's json)."""
+    """The image path relative to the dataset root (recorded in the shard's json)."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _Folder:
+    """One folder of a layout: images (and their labels, same relative path) `depth` subfolders down."""
+
+    key_prefix: str
+    images: str
+    image_suffix: str
+    labels: str | None
+    label_suffix: str
+    depth: int
+    decoder: str
+
+
+def _check_layout(layout: str) -> None:
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; valid layouts: {', '.join(LAYOUTS)}")
 
 
 def splits(layout: str) -> tuple[str, ...]:
@@ -44,162 +78,132 @@ def splits(layout: str) -> tuple[str, ...]:
 
 
 def conditions(layout: str) -> tuple[str, ...]:
+    """Dark Zurich and ACDC conditions (Dark Zurich val holds night only); () for the other layouts."""
     _check_layout(layout)
     return _CONDITIONS.get(layout, ())
 
 
 def dataset_name(layout: str, condition: str | None = None) -> str:
-    """"gta5", "cityscapes", "darkzurich-night", "acdc" (all conditions), ..."""
+    """"gta5", "cityscapes", "darkzurich-night", "acdc-fog"; "acdc" / "darkzurich" mean all conditions."""
+    _check_condition(layout, None, condition)
     return layout if condition is None else f"{layout}-{condition}"
+
+
+def _check_condition(layout: str, split: str | None, condition: str | None) -> tuple[str | None, ...]:
+    """The conditions to list for (layout, split, condition): (condition,), the split's all, or (None,)."""
+    _check_layout(layout)
+    valid = _SPLIT_CONDITIONS.get((layout, split), _CONDITIONS.get(layout, ()))
+    if condition is None:
+        return valid or (None,)
+    if condition not in valid:
+        where = f"{layout} {split}" if split and valid != conditions(layout) else layout
+        raise ValueError(f"unknown condition {condition!r} for {where}; valid conditions: "
+                         f"{', '.join(valid) if valid else f'none ({layout} has no conditions)'}")
+    return (condition,)
 
 
 def list_samples(layout: str, root: str, split: str, *, condition: str | None = None,
                  labels: bool = True) -> list[SourceSample]:
-    """The split's samples sorted by key; ValueError naming the path for anything that breaks the layout."""
+    """The split's samples, sorted by key. `condition` (Dark Zurich, ACDC) picks one condition, None all of
+    them; labels=False lists the images only (label None) even for a labeled split."""
     _check_layout(layout)
     if split not in _SPLITS[layout]:
-        raise ValueError(f"{layout} has splits {_SPLITS[layout]}, not {split!r}")
-    if condition is not None and condition not in _CONDITIONS.get(layout, ()):
-        raise ValueError(f"{layout} has conditions {_CONDITIONS.get(layout, ())}, not {condition!r}")
+        raise ValueError(f"unknown split {split!r} for {layout}; valid splits: {', '.join(_SPLITS[layout])}")
+    wanted = _check_condition(layout, split, condition)
     if not os.path.isdir(root):
-        raise ValueError(f"dataset root {root!r} is not a folder")
-    samples = _LISTERS[layout](os.path.abspath(root), split, condition)
-    if not labels or (layout, split) in _UNLABELED:
-        samples = [dataclasses.replace(s, label=None) for s in samples]
+        raise ValueError(f"dataset root {root!r} is not a folder: point it at the {layout} dataset root "
+                         f"(the folder that holds the layout of DATASETS.md)")
+    labeled, root = labels and (layout, split) not in _UNLABELED, os.path.abspath(root)
+    folders = [_folder(layout, root, split, cond) for cond in wanted]
+    if condition is None and len(folders) > 1:
+        present = [f for f in folders if os.path.isdir(f.images)]
+        if not present:
+            raise ValueError(f"{layout} {split}: none of the condition folders exists: "
+                             f"{', '.join(f.images for f in folders)}")
+        folders = present
+    samples: dict[str, SourceSample] = {}
+    for folder in folders:
+        for sample in _folder_samples(folder if labeled else dataclasses.replace(folder, labels=None), root):
+            if sample.key in samples:
+                raise ValueError(f"duplicate key {sample.key!r} in {layout} {split}: {samples[sample.key].image} "
+                                 f"and {sample.image}")
+            samples[sample.key] = sample
     if not samples:
-        raise ValueError(f"no {layout} {split} images under {root!r} (condition {condition})")
-    keys = [s.key for s in samples]
-    if len(set(keys)) != len(keys):
-        raise ValueError(f"{layout} {split}: duplicate keys {sorted({k for k in keys if keys.count(k) > 1})[:5]}")
-    return sorted(samples, key=lambda s: s.key)
+        raise ValueError(f"{layout} {split}: no images (*{folders[0].image_suffix}) in "
+                         f"{', '.join(f.images for f in folders)}")
+    return [samples[key] for key in sorted(samples)]
 
 
-def load_sample(sample: SourceSample) -> tuple[np.ndarray, np.ndarray | None, dict]:
-    """(image uint8 HxWx3, trainIds uint8 HxW or None, meta). A label of another size than its image (some
-    GTA5 pairs) is resized to the image with nearest and meta["label_resized_from"] records its size."""
-    with Image.open(sample.image) as image:
-        image_HW3 = np.asarray(image.convert("RGB"))
-    meta: dict = {"relpath": sample.relpath}
-    if sample.label is None:
-        return image_HW3, None, meta
-    label_HW = _DECODERS[sample.decoder](sample.label)
-    if label_HW.shape != image_HW3.shape[:2]:
-        meta["label_resized_from"] = list(label_HW.shape)
-        height, width = image_HW3.shape[:2]
-        label_HW = np.asarray(Image.fromarray(label_HW).resize((width, height), Image.NEAREST))
-    return image_HW3, label_HW, meta
+def _folder(layout: str, root: str, split: str, cond: str | None) -> _Folder:
+    """Where (layout, split, condition) keeps its images and labels."""
+    j = os.path.join
+    if layout in ("gta5", "synthia"):
+        images, labels = ("images", "labels") if layout == "gta5" else ("RGB", j("GT", "LABELS"))
+        return _Folder(key_prefix="", images=j(root, images), image_suffix=".png", labels=j(root, labels),
+                       label_suffix=".png", depth=0, decoder=layout)
+    if layout == "cityscapes":
+        return _Folder(key_prefix="", images=j(root, "leftImg8bit", split), image_suffix="_leftImg8bit.png",
+                       labels=j(root, "gtFine", split), label_suffix="_gtFine_labelIds.png", depth=1,
+                       decoder="cityscapes")
+    if layout == "darkzurich":
+        base = j(root, f"Dark_Zurich_{split}_anon")
+        images, labels = j(base, "rgb_anon", split, cond), j(base, "gt", split, cond)
+    else:
+        images, labels = j(root, "rgb_anon", cond, split), j(root, "gt", cond, split)
+    return _Folder(key_prefix=f"{cond}-", images=images, image_suffix=RGB_ANON, labels=labels,
+                   label_suffix=TRAINIDS, depth=1, decoder="trainid")
 
 
-def _check_layout(layout: str) -> None:
-    if layout not in LAYOUTS:
-        raise ValueError(f"unknown layout {layout!r}; valid: {', '.join(LAYOUTS)}")
-
-
-def _need_dir(path: str) -> str:
-    if not os.path.isdir(path):
-        raise ValueError(f"expected folder {path!r} (see DATASETS.md for the layout)")
-    return path
-
-
-def _paired(root: str, images: list[str], label_of, key_of, decoder: str, labeled: bool) -> list[SourceSample]:
-    """Samples of image paths with their labels (label_of(image) -> path); a missing label is an error."""
+def _folder_samples(folder: _Folder, root: str) -> list[SourceSample]:
+    """Pairs images with labels by relative path; an image without a label or a label without an image is
+    an error (never a silent skip)."""
+    images = _find(folder.images, folder.image_suffix, folder.depth)
+    found = {} if folder.labels is None else _find(folder.labels, folder.label_suffix, folder.depth)
+    orphans = sorted(found.keys() - images.keys())
+    if orphans:
+        raise ValueError(f"label {found[orphans[0]]} has no image (expected "
+                         f"{os.path.join(folder.images, orphans[0] + folder.image_suffix)}); "
+                         f"{len(orphans)} labels without images")
     samples = []
-    for image in images:
-        label = label_of(image) if labeled else None
-        if label is not None and not os.path.isfile(label):
-            raise ValueError(f"image {image} has no label file {label}")
-        samples.append(SourceSample(key=key_of(image), image=image, label=label, decoder=decoder,
+    for stem, image in sorted(images.items()):
+        if folder.labels is not None and stem not in found:
+            raise ValueError(f"image {image} has no label file "
+                             f"{os.path.join(folder.labels, stem + folder.label_suffix)}")
+        key = folder.key_prefix + os.path.basename(stem)
+        if "." in key or not key:
+            raise ValueError(f"image {image} gives the sample key {key!r}; keys must be non-empty and dot-free")
+        samples.append(SourceSample(key=key, image=image, label=found.get(stem), decoder=folder.decoder,
                                     relpath=os.path.relpath(image, root)))
     return samples
 
 
-def _check_orphans(label_dir: str, pattern: str, expected: set[str]) -> None:
-    orphans = sorted(set(glob.glob(os.path.join(label_dir, pattern), recursive=True)) - expected)
-    if orphans:
-        raise ValueError(f"label {orphans[0]} has no image ({len(orphans)} labels without images)")
+def _find(top: str, suffix: str, depth: int) -> dict[str, str]:
+    """{relative path without suffix: path} of the files named *{suffix} exactly `depth` folders below top."""
+    if not os.path.isdir(top):
+        raise ValueError(f"expected folder {top} is missing (see DATASETS.md for the layout)")
+    folders = [""]
+    for _ in range(depth):
+        folders = [os.path.join(rel, entry.name) for rel in folders for entry in os.scandir(os.path.join(top, rel))
+                   if entry.is_dir()]
+    return {os.path.join(rel, entry.name[:-len(suffix)]): entry.path
+            for rel in folders for entry in os.scandir(os.path.join(top, rel))
+            if entry.is_file() and entry.name.endswith(suffix) and len(entry.name) > len(suffix)}
 
 
-def _gta5_like(root: str, image_dir: str, label_dir: str, decoder: str) -> list[SourceSample]:
-    images = sorted(glob.glob(os.path.join(_need_dir(os.path.join(root, image_dir)), "*.png")))
-    label_root = _need_dir(os.path.join(root, label_dir))
-    samples = _paired(root, images, lambda p: os.path.join(label_root, os.path.basename(p)),
-                      lambda p: os.path.splitext(os.path.basename(p))[0], decoder, True)
-    _check_orphans(label_root, "*.png", {s.label for s in samples})
-    return samples
-
-
-def _gta5(root: str, split: str, condition: str | None) -> list[SourceSample]:
-    return _gta5_like(root, "images", "labels", "gta5")
-
-
-def _synthia(root: str, split: str, condition: str | None) -> list[SourceSample]:
-    return _gta5_like(root, "RGB", os.path.join("GT", "LABELS"), "synthia")
-
-
-def _cityscapes(root: str, split: str, condition: str | None) -> list[SourceSample]:
-    image_root = _need_dir(os.path.join(root, "leftImg8bit", split))
-    images = sorted(glob.glob(os.path.join(image_root, "*", "*_leftImg8bit.png")))
-    labeled = ("cityscapes", split) not in _UNLABELED
-    label_root = os.path.join(root, "gtFine", split)
-    if labeled:
-        _need_dir(label_root)
-
-    def label_of(image: str) -> str:
-        rel = os.path.relpath(image, image_root)
-        return os.path.join(label_root, rel.replace("_leftImg8bit.png", "_gtFine_labelIds.png"))
-
-    samples = _paired(root, images, label_of, lambda p: os.path.basename(p)[: -len("_leftImg8bit.png")],
-                      "cityscapes", labeled)
-    if labeled:
-        _check_orphans(label_root, os.path.join("*", "*_gtFine_labelIds.png"), {s.label for s in samples})
-    return samples
-
-
-def _anon(root: str, image_root: str, label_root: str, split_labeled: bool, conds: tuple[str, ...],
-          layout: str) -> list[SourceSample]:
-    """Dark Zurich / ACDC: {image_root}/{cond}/GOPRxxxx/*_rgb_anon.png, labels *_gt_labelTrainIds.png."""
-    samples = []
-    for cond in conds:
-        cond_images = os.path.join(image_root.format(cond=cond))
-        if not os.path.isdir(cond_images):
-            continue
-        images = sorted(glob.glob(os.path.join(cond_images, "*", "*_rgb_anon.png")))
-        cond_labels = label_root.format(cond=cond)
-        if split_labeled:
-            _need_dir(cond_labels)
-
-        def label_of(image: str, cond_images=cond_images, cond_labels=cond_labels) -> str:
-            rel = os.path.relpath(image, cond_images)
-            return os.path.join(cond_labels, rel.replace("_rgb_anon.png", "_gt_labelTrainIds.png"))
-
-        def key_of(image: str, cond=cond) -> str:
-            return f"{cond}-{os.path.basename(image)[: -len('_rgb_anon.png')]}"
-
-        found = _paired(root, images, label_of, key_of, "trainid", split_labeled)
-        if split_labeled:
-            _check_orphans(cond_labels, os.path.join("*", "*_gt_labelTrainIds.png"), {s.label for s in found})
-        samples += found
-    if not samples:
-        raise ValueError(f"no {layout} images under {image_root.format(cond='{' + ','.join(conds) + '}')}")
-    return samples
-
-
-def _darkzurich(root: str, split: str, condition: str | None) -> list[SourceSample]:
-    if split == "train":
-        base = _need_dir(os.path.join(root, "Dark_Zurich_train_anon"))
-        return _anon(root, os.path.join(base, "rgb_anon", "train", "{cond}"), "", False,
-                     (condition,) if condition else _CONDITIONS["darkzurich"], "darkzurich")
-    if condition not in (None, "night"):
-        raise ValueError(f"Dark Zurich val holds night images only, not {condition!r}")
-    base = _need_dir(os.path.join(root, "Dark_Zurich_val_anon"))
-    return _anon(root, os.path.join(base, "rgb_anon", "val", "{cond}"), os.path.join(base, "gt", "val", "{cond}"),
-                 True, ("night",), "darkzurich")
-
-
-def _acdc(root: str, split: str, condition: str | None) -> list[SourceSample]:
-    _need_dir(os.path.join(root, "rgb_anon"))
-    return _anon(root, os.path.join(root, "rgb_anon", "{cond}", split), os.path.join(root, "gt", "{cond}", split),
-                 split != "test", (condition,) if condition else _CONDITIONS["acdc"], "acdc")
-
-
-_LISTERS = {"gta5": _gta5, "synthia": _synthia, "cityscapes": _cityscapes, "darkzurich": _darkzurich, "acdc": _acdc}
+def load_sample(sample: SourceSample) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """(image uint8 HxWx3, trainIds uint8 HxW or None, meta). A label whose size differs from its image's
+    (some GTA5 pairs) is resized to the image with nearest; meta["label_resized_from"] = its [H, W]."""
+    with Image.open(sample.image) as image:
+        image_HW3 = np.array(image.convert("RGB"))
+    meta: dict = {"relpath": sample.relpath}
+    if sample.label is None:
+        return image_HW3, None, meta
+    if sample.decoder not in label_files.DECODERS:
+        raise ValueError(f"sample {sample.key!r}: unknown label decoder {sample.decoder!r}; valid: "
+                         f"{', '.join(label_files.DECODERS)}")
+    label_HW = label_files.DECODERS[sample.decoder](sample.label)
+    if label_HW.shape != image_HW3.shape[:2]:
+        meta["label_resized_from"] = [int(n) for n in label_HW.shape]
+        height, width = image_HW3.shape[:2]
+        label_HW = np.array(Image.fromarray(label_HW).resize((width, height), Image.NEAREST))
+    return image_HW3, label_HW, meta

@@ -1,67 +1,287 @@
-"""Label decoding (GTA5 palette indices, SYNTHIA 16-bit R channel) and layout listing errors."""
+"""shards.layouts and shards.labels on tiny trees in the real published layouts (tests/dataset_trees.py):
+every labeled split comes out pixel-exact in trainIds, every broken layout raises a ValueError naming it."""
+from __future__ import annotations
+
 import os
+import re
+import shutil
+import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from shards import labels, layouts
-from tests.dataset_trees import make_cityscapes, make_gta5, png16_rgb_bytes, write_palette_png
+from tests import dataset_trees as trees
+
+TREE_CONDITIONS = {"darkzurich": ("night", "twilight", "day"), "acdc": trees.ACDC_CONDITIONS}
+CASES = [(layout, split, condition) for layout in layouts.LAYOUTS for split in layouts.splits(layout)
+         for condition in (None, *TREE_CONDITIONS.get(layout, ()))
+         if (layout, split) != ("darkzurich", "val") or condition in (None, "night")]
 
 
-def test_png16_reader_is_exact_for_every_filter_where_pillow_is_not(tmp_path):
-    rng = np.random.default_rng(0)
-    values = rng.integers(0, 65536, (11, 13, 3)).astype(np.uint16)
-    values[..., 0] = rng.integers(0, 40, (11, 13))  # SYNTHIA-like ids in R: below 256
-    path = tmp_path / "label.png"
-    path.write_bytes(png16_rgb_bytes(values))  # rows use filters None, Sub, Up, Average, Paeth in turn
-    np.testing.assert_array_equal(labels.read_png16_rgb(str(path)), values)
-    with Image.open(path) as plain:  # what a plain decode gives: the high bytes, so every id reads 0
-        assert (np.asarray(plain.convert("RGB"))[..., 0] == 0).all()
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> dict[str, tuple[str, trees.Tree]]:
+    """Every layout's tree, built once for the module: {layout: (root, expected)}."""
+    out = {}
+    for seed, (layout, make) in enumerate(trees.MAKERS.items()):
+        root = str(tmp_path_factory.mktemp(layout))
+        out[layout] = (root, make(root, np.random.default_rng(seed)))
+    return out
 
 
-def test_synthia_ids_map_to_trainids_and_large_ids_to_ignore(tmp_path):
-    ids = np.array([[3, 4, 2, 21, 11], [0, 13, 22, 300, 1000]], dtype=np.uint16)
-    path = tmp_path / "label.png"
-    path.write_bytes(png16_rgb_bytes(np.stack([ids, ids * 7, ids + 1], axis=-1)))
-    np.testing.assert_array_equal(labels.synthia_label(str(path)), [[0, 1, 2, 3, 18], [255] * 5])
+def _tree(tmp_path, layout: str) -> tuple[str, trees.Tree]:
+    """A fresh tree of one layout that a test may break."""
+    root = str(tmp_path / layout)
+    return root, trees.MAKERS[layout](root, np.random.default_rng(0))
 
 
-def test_gta5_labels_are_palette_indices_not_colours(tmp_path):
-    ids = np.array([[7, 8, 26, 0, 33]], dtype=np.uint8)
+# ---------------------------------------------------------------- the trees come out exactly
+
+@pytest.mark.parametrize("layout,split,condition", CASES)
+def test_every_split_lists_and_loads_exactly(built, layout, split, condition):
+    root, tree = built[layout]
+    expected = tree[(split, condition)]
+    samples = layouts.list_samples(layout, root, split, condition=condition)
+    assert [s.key for s in samples] == sorted(expected)
+    for sample in samples:
+        want = expected[sample.key]
+        image, label, meta = layouts.load_sample(sample)
+        assert os.path.isabs(sample.image) and meta["relpath"] == sample.relpath
+        assert os.path.join(root, sample.relpath) == sample.image
+        np.testing.assert_array_equal(image, want.image)
+        assert image.dtype == np.uint8 and image.shape[2] == 3
+        if want.label is None:
+            assert sample.label is None and label is None
+        else:
+            assert label.dtype == np.uint8 and label.shape == image.shape[:2]
+            np.testing.assert_array_equal(label, want.label)
+        mismatched = trees.GTA5_MISMATCHED.get(sample.key) if layout == "gta5" else None
+        assert meta.get("label_resized_from") == (list(mismatched[1]) if mismatched else None)
+
+
+def test_the_trees_cover_every_class_and_unmapped_ids(built):
+    """The fixtures exercise the tables: all 19 trainIds and ignore appear in every labeled source."""
+    for layout, split in (("gta5", "train"), ("synthia", "train"), ("cityscapes", "train"), ("acdc", "val"),
+                          ("darkzurich", "val")):
+        values = np.unique(np.concatenate([e.label.ravel() for e in built[layout][1][(split, None)].values()]))
+        assert values.tolist() == [*range(19), 255], layout
+
+
+def test_keys_follow_each_layouts_convention(built):
+    def keys(layout, split):
+        return [s.key for s in layouts.list_samples(layout, built[layout][0], split)]
+
+    def relpaths(layout, split):
+        return [s.relpath for s in layouts.list_samples(layout, built[layout][0], split)]
+
+    assert keys("gta5", "train") == ["00001", "00002", "00003"]
+    assert keys("synthia", "train") == ["0000000", "0000001", "0000002"]
+    assert keys("cityscapes", "val") == ["frankfurt_000000_000294", "lindau_000000_000019"]
+    assert keys("darkzurich", "val") == ["night-GOPR0356_frame_000321", "night-GOPR0356_frame_000322"]
+    assert "fog-GOPR0475_frame_000041" in keys("acdc", "train")
+    assert relpaths("gta5", "train")[0] == "images/00001.png"
+    assert relpaths("synthia", "train")[0] == "RGB/0000000.png"
+    assert relpaths("cityscapes", "val")[0] == "leftImg8bit/val/frankfurt/frankfurt_000000_000294_leftImg8bit.png"
+    assert relpaths("darkzurich", "val")[0] == \
+        "Dark_Zurich_val_anon/rgb_anon/val/night/GOPR0356/GOPR0356_frame_000321_rgb_anon.png"
+    assert relpaths("acdc", "train")[0] == "rgb_anon/fog/train/GOPR0475/GOPR0475_frame_000041_rgb_anon.png"
+    all_keys = [k for layout in layouts.LAYOUTS for split in layouts.splits(layout) for k in keys(layout, split)]
+    assert all(k and "." not in k for k in all_keys)
+    assert {k.split("-")[0] for k in keys("darkzurich", "train")} == {"night", "twilight", "day"}
+
+
+def test_unlabeled_splits_and_labels_false_give_no_label(built, tmp_path):
+    for layout, split in (("cityscapes", "test"), ("darkzurich", "train"), ("acdc", "test")):
+        assert all(s.label is None for s in layouts.list_samples(layout, built[layout][0], split)), layout
+    assert os.path.isdir(os.path.join(built["cityscapes"][0], "gtFine", "test"))  # dummy labels, ignored
+    root, _ = _tree(tmp_path, "gta5")
+    shutil.rmtree(os.path.join(root, "labels"))
+    samples = layouts.list_samples("gta5", root, "train", labels=False)
+    assert [s.label for s in samples] == [None] * 3 and layouts.load_sample(samples[0])[1] is None
+
+
+def test_size_mismatched_gta5_label_is_resized_nearest_and_recorded(built):
+    (key, ((height, width), (label_h, label_w))), = trees.GTA5_MISMATCHED.items()
+    sample = {s.key: s for s in layouts.list_samples("gta5", built["gta5"][0], "train")}[key]
+    with Image.open(sample.label) as raw:
+        assert raw.size == (label_w, label_h) != (width, height)  # the label file really differs
+    image, label, meta = layouts.load_sample(sample)
+    assert image.shape[:2] == label.shape == (height, width) and meta["label_resized_from"] == [label_h, label_w]
+    np.testing.assert_array_equal(label, trees.nearest_resize(labels.gta5_label(sample.label), height, width))
+
+
+# ---------------------------------------------------------------- label decoding
+
+def _filter_types(path: str, height: int, row_bytes: int) -> set[int]:
+    """The filter byte of every scanline of a non-interlaced PNG with one IDAT chunk."""
+    data = open(path, "rb").read()
+    start = data.index(b"IDAT") + 4
+    raw = zlib.decompress(data[start:start + int.from_bytes(data[start - 8:start - 4], "big")])
+    return {raw[row * (row_bytes + 1)] for row in range(height)}
+
+
+@pytest.mark.parametrize("interlace", [False, True])
+def test_png16_reader_is_exact_where_pillow_keeps_only_high_bytes(tmp_path, interlace):
+    rng = np.random.default_rng(1)
+    values = rng.integers(0, 65536, (13, 17, 3), dtype=np.uint16)
+    values[..., 0] = rng.integers(0, 40, (13, 17))  # SYNTHIA-like ids: all < 256
+    values[0, :4, 0] = [255, 256, 300, 1000]
     path = str(tmp_path / "label.png")
-    write_palette_png(path, ids, np.random.default_rng(0))
-    np.testing.assert_array_equal(labels.gta5_label(path), [[0, 1, 13, 255, 18]])
+    trees.write_png16_rgb(path, values, interlace=interlace)
+    if not interlace:
+        assert _filter_types(path, 13, 17 * 6) == {0, 1, 2, 3, 4}
+    got = labels.read_png16_rgb(path)
+    assert got.dtype == np.uint16
+    np.testing.assert_array_equal(got, values)
     with Image.open(path) as plain:
-        assert not np.array_equal(np.asarray(plain.convert("L")), ids)  # a converting decoder loses them
+        np.testing.assert_array_equal(np.asarray(plain), values >> 8)  # Pillow's own decode: high bytes only
 
 
-def test_labels_that_are_not_8_bit_single_channel_are_refused(tmp_path):
-    path = str(tmp_path / "rgb.png")
-    Image.fromarray(np.zeros((4, 4, 3), dtype=np.uint8)).save(path)
-    with pytest.raises(ValueError, match="rgb.png.*mode 'RGB'"):
-        labels.cityscapes_label(path)
-    with pytest.raises(ValueError, match="not a PNG"):
-        labels.read_png16_rgb(__file__)
+def test_png16_reader_reads_8bit_rgb_and_refuses_other_formats(tmp_path):
+    rgb = np.random.default_rng(2).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "rgb8.png")
+    got = labels.read_png16_rgb(str(tmp_path / "rgb8.png"))
+    assert got.dtype == np.uint16 and (got == rgb).all()
+    Image.fromarray(np.zeros((4, 4), np.uint16)).save(tmp_path / "gray16.png")
+    Image.fromarray(np.zeros((4, 4, 4), np.uint8)).save(tmp_path / "rgba.png")
+    for name, depth, colour in (("gray16.png", 16, 0), ("rgba.png", 8, 6)):
+        with pytest.raises(ValueError, match=rf"{name}.*bit depth {depth}, colour type {colour}"):
+            labels.read_png16_rgb(str(tmp_path / name))
+    (tmp_path / "fake.png").write_bytes(b"not a png at all, but long enough to have a header......")
+    with pytest.raises(ValueError, match="fake.png is not a PNG"):
+        labels.read_png16_rgb(str(tmp_path / "fake.png"))
 
 
-def test_listing_errors_name_the_problem(tmp_path):
-    rng = np.random.default_rng(0)
-    make_gta5(str(tmp_path / "gta"), rng)
-    make_cityscapes(str(tmp_path / "cs"), rng)
-    with pytest.raises(ValueError, match="unknown layout 'gta6'"):
-        layouts.list_samples("gta6", str(tmp_path), "train")
-    with pytest.raises(ValueError, match="is not a folder"):
-        layouts.list_samples("gta5", str(tmp_path / "missing"), "train")
-    with pytest.raises(ValueError, match="expected folder .*leftImg8bit"):
-        layouts.list_samples("cityscapes", str(tmp_path / "gta"), "train")
-    os.remove(tmp_path / "gta" / "labels" / "00002.png")
-    with pytest.raises(ValueError, match="images/00002.png has no label file"):
-        layouts.list_samples("gta5", str(tmp_path / "gta"), "train")
-    os.remove(tmp_path / "gta" / "images" / "00002.png")
-    Image.fromarray(np.zeros((2, 2), dtype=np.uint8)).save(tmp_path / "gta" / "labels" / "00009.png")
-    with pytest.raises(ValueError, match="labels/00009.png has no image"):
-        layouts.list_samples("gta5", str(tmp_path / "gta"), "train")
-    assert [s.label for s in layouts.list_samples("cityscapes", str(tmp_path / "cs"), "test")] == [None] * 2
-    unlabeled = layouts.list_samples("cityscapes", str(tmp_path / "cs"), "val", labels=False)
-    assert [s.key for s in unlabeled] == ["frankfurt_000000_000019", "frankfurt_000000_000020"]
+def test_synthia_labels_map_the_r_channel_and_plain_pillow_would_be_wrong(built):
+    root, tree = built["synthia"]
+    for key, want in tree[("train", None)].items():
+        path = os.path.join(root, "GT", "LABELS", f"{key}.png")
+        np.testing.assert_array_equal(labels.synthia_label(path), want.label)
+        with Image.open(path) as plain:
+            naive = labels.SYNTHIA_ID_TO_TRAINID[np.asarray(plain)[..., 0]]
+        assert (naive != want.label).mean() > 0.5, key
+
+
+def test_lookup_tables_match_datasets_md():
+    cityscapes, synthia = labels.CITYSCAPES_LABELID_TO_TRAINID, labels.SYNTHIA_ID_TO_TRAINID
+    for table, mapping in ((cityscapes, trees.CITYSCAPES_TRAIN), (synthia, trees.SYNTHIA_TRAIN)):
+        assert table.dtype == np.uint8 and table.shape == (256,)
+        assert {i: int(t) for i, t in enumerate(table) if t != 255} == mapping
+    assert sorted(trees.CITYSCAPES_TRAIN.values()) == list(range(19))
+    ids = np.array([[3, 4, 21, 0], [11, 255, 17, 33]], np.uint8)
+    assert cityscapes[ids].tolist() == [[255, 255, 8, 255], [2, 255, 5, 18]]
+    assert synthia[ids].tolist() == [[0, 1, 3, 255], [18, 255, 12, 255]]
+
+
+def test_gta5_labels_are_raw_palette_indices(tmp_path):
+    ids = np.array([[7, 8, 0, 250], [33, 26, 1, 24]], np.uint8)
+    path = str(tmp_path / "00001.png")
+    trees.write_palette_png(path, ids, trees.gta5_palette(np.random.default_rng(3)))
+    with Image.open(path) as im:
+        assert im.mode == "P"
+        assert (np.asarray(im.convert("L")) != ids).any()  # a converting decoder destroys the ids
+    np.testing.assert_array_equal(labels.read_palette_index(path), ids)
+    assert labels.gta5_label(path).tolist() == [[0, 1, 255, 255], [18, 13, 255, 11]]
+
+
+def test_trainid_labels_keep_0_to_18_and_ignore_the_rest(tmp_path):
+    Image.fromarray(np.array([[0, 18, 19, 254, 255]], np.uint8)).save(tmp_path / "l.png")
+    assert labels.trainid_label(str(tmp_path / "l.png")).tolist() == [[0, 18, 255, 255, 255]]
+
+
+@pytest.mark.parametrize("decoder", ["gta5", "cityscapes", "trainid"])
+def test_label_in_a_converting_mode_is_refused(tmp_path, decoder):
+    Image.fromarray(np.zeros((3, 4, 3), np.uint8)).save(tmp_path / "colour.png")
+    with pytest.raises(ValueError, match=r"colour\.png.*mode 'RGB'"):
+        labels.DECODERS[decoder](str(tmp_path / "colour.png"))
+
+
+# ---------------------------------------------------------------- names and errors
+
+def test_names_splits_and_conditions():
+    assert layouts.splits("cityscapes") == ("train", "val", "test") and layouts.splits("gta5") == ("train",)
+    assert layouts.conditions("darkzurich") == ("night", "twilight", "day") and layouts.conditions("synthia") == ()
+    assert [layouts.dataset_name("gta5"), layouts.dataset_name("acdc"), layouts.dataset_name("acdc", "fog"),
+            layouts.dataset_name("darkzurich", "night")] == ["gta5", "acdc", "acdc-fog", "darkzurich-night"]
+    for call in (lambda: layouts.splits("kitti"), lambda: layouts.conditions("kitti"),
+                 lambda: layouts.dataset_name("kitti")):
+        with pytest.raises(ValueError, match="unknown layout 'kitti'"):
+            call()
+    with pytest.raises(ValueError, match="unknown condition 'fog' for gta5"):
+        layouts.dataset_name("gta5", "fog")
+
+
+def test_unknown_layout_split_condition_and_missing_root(built, tmp_path):
+    root = built["acdc"][0]
+    cases = [(("kitti", root, "train"), {}, "unknown layout 'kitti'"),
+             (("acdc", root, "trainval"), {}, "unknown split 'trainval' for acdc"),
+             (("acdc", root, "train"), {"condition": "sunny"}, "unknown condition 'sunny' for acdc"),
+             (("darkzurich", built["darkzurich"][0], "val"), {"condition": "day"},
+              "unknown condition 'day' for darkzurich val; valid conditions: night"),
+             (("gta5", built["gta5"][0], "train"), {"condition": "fog"}, "gta5 has no conditions"),
+             (("gta5", str(tmp_path / "nowhere"), "train"), {}, "dataset root .*nowhere.* is not a folder")]
+    for args, kwargs, message in cases:
+        with pytest.raises(ValueError, match=message):
+            layouts.list_samples(*args, **kwargs)
+
+
+def test_broken_trees_raise_naming_the_path(tmp_path):
+    root, _ = _tree(tmp_path, "cityscapes")
+    os.remove(os.path.join(root, "gtFine", "train", "bochum", "bochum_000000_000313_gtFine_labelIds.png"))
+    with pytest.raises(ValueError, match=r"image .*bochum_000000_000313_leftImg8bit.png has no label file"):
+        layouts.list_samples("cityscapes", root, "train")
+    os.remove(os.path.join(root, "leftImg8bit", "val", "lindau", "lindau_000000_000019_leftImg8bit.png"))
+    with pytest.raises(ValueError, match=r"label .*lindau_000000_000019_gtFine_labelIds.png has no image"):
+        layouts.list_samples("cityscapes", root, "val")
+    shutil.rmtree(os.path.join(root, "gtFine", "val"))
+    with pytest.raises(ValueError, match=r"expected folder .*gtFine/val is missing"):
+        layouts.list_samples("cityscapes", root, "val")
+    shutil.copy(os.path.join(root, "leftImg8bit", "test", "bielefeld", "bielefeld_000001_000003_leftImg8bit.png"),
+                os.path.join(root, "leftImg8bit", "test", "berlin"))
+    with pytest.raises(ValueError, match="duplicate key 'bielefeld_000001_000003' in cityscapes test"):
+        layouts.list_samples("cityscapes", root, "test")
+    for city in ("berlin", "bielefeld"):
+        shutil.rmtree(os.path.join(root, "leftImg8bit", "test", city))
+        os.makedirs(os.path.join(root, "leftImg8bit", "test", city))
+    with pytest.raises(ValueError, match=r"cityscapes test: no images \(\*_leftImg8bit.png\) in .*leftImg8bit/test"):
+        layouts.list_samples("cityscapes", root, "test")
+
+
+def test_all_conditions_are_those_present_and_a_named_one_must_be(tmp_path):
+    root, tree = _tree(tmp_path, "acdc")
+    assert not os.path.exists(os.path.join(root, "rgb_anon", "snow"))  # a partial download: fog and night
+    shutil.rmtree(os.path.join(root, "rgb_anon", "night", "val"))
+    assert [s.key for s in layouts.list_samples("acdc", root, "val")] == sorted(tree[("val", "fog")])
+    for condition in ("night", "snow"):
+        with pytest.raises(ValueError, match=rf"expected folder .*rgb_anon/{condition}/val is missing"):
+            layouts.list_samples("acdc", root, "val", condition=condition)
+    shutil.rmtree(os.path.join(root, "gt", "fog", "val", "GOPR0475"))
+    with pytest.raises(ValueError, match=r"image .*fog/val/GOPR0475/GOPR0475_frame_000042_rgb_anon.png has no"):
+        layouts.list_samples("acdc", root, "val")
+    shutil.rmtree(os.path.join(root, "rgb_anon", "fog", "val"))
+    with pytest.raises(ValueError, match=r"acdc val: none of the condition folders exists: .*rgb_anon/fog/val"):
+        layouts.list_samples("acdc", root, "val")
+
+
+def test_dotted_key_and_unknown_decoder(tmp_path):
+    gta_root, _ = _tree(tmp_path, "gta5")
+    for folder in ("images", "labels"):
+        shutil.copy(os.path.join(gta_root, folder, "00001.png"), os.path.join(gta_root, folder, "00001.v2.png"))
+    with pytest.raises(ValueError, match=r"00001.v2.png gives the sample key '00001.v2'.*dot-free"):
+        layouts.list_samples("gta5", gta_root, "train")
+    image = os.path.join(gta_root, "images", "00001.png")
+    sample = layouts.SourceSample(key="00001", image=image, label=image, decoder="cv2", relpath="images/00001.png")
+    with pytest.raises(ValueError, match="unknown label decoder 'cv2'"):
+        layouts.load_sample(sample)
+
+
+def test_decoy_siblings_exist_and_are_ignored(built):
+    """The decoys are really in the trees (so the exact-listing test proves they are skipped)."""
+    dz, acdc, cs = built["darkzurich"][0], built["acdc"][0], built["cityscapes"][0]
+    names = [f for _, _, files in os.walk(dz) for f in files] + [f for _, _, files in os.walk(acdc) for f in files]
+    names += [f for _, _, files in os.walk(cs) for f in files]
+    for suffix in ("_gt_labelColor.png", "_gt_labelIds.png", "_gt_invIds.png", ".csv", "_gtFine_color.png",
+                   "_gtFine_instanceIds.png", "_gtFine_polygons.json", "_ref_rgb_anon.png"):
+        assert any(n.endswith(suffix) for n in names), suffix
+    assert re.fullmatch(r"[a-z]+_\d{6}_\d{6}", layouts.list_samples("cityscapes", cs, "train")[0].key)
