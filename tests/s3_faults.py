@@ -18,7 +18,6 @@ import socketserver
 import threading
 import urllib.parse
 
-from uda_dist.data import s3
 
 SLOW_DOWN = (b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown</Code>"
              b"<Message>Please reduce your request rate.</Message></Error>")
@@ -49,7 +48,6 @@ class FaultProxy:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self._saved = os.environ.get("AWS_ENDPOINT_URL_S3")
         os.environ["AWS_ENDPOINT_URL_S3"] = self.url
-        s3._clients.clear()  # the process's client was made for the server's own address
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -57,7 +55,6 @@ class FaultProxy:
             os.environ.pop("AWS_ENDPOINT_URL_S3", None)
         else:
             os.environ["AWS_ENDPOINT_URL_S3"] = self._saved
-        s3._clients.clear()
         self.server.shutdown()
         self.server.server_close()
 
@@ -67,6 +64,9 @@ class FaultProxy:
         if head is None:
             return
         method = head.split(b" ", 1)[0]
+        if b"\r\nexpect: 100-continue" in head.lower():  # botocore's PUTs wait a second for this otherwise
+            conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+            head = _without_header(head, b"expect")
         length = _content_length(head)
         body = reader.read(length) if length else b""
         fault = self._fault() if method == b"GET" else None

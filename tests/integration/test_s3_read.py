@@ -80,19 +80,37 @@ def test_sample_ranges_read_exactly_through_cut_gets(big_split):
         np.testing.assert_array_equal((batch["image"][0] * 255).round().byte().permute(1, 2, 0).numpy(), raw[key][0])
 
 
-def test_a_replaced_object_is_detected_not_spliced(s3_server):
-    s3.write_bytes("s3://runs/replaced", os.urandom(3 << 20))
-    stream = s3.S3Stream("s3://runs/replaced")
-    assert stream.readinto(bytearray(1000)) == 1000
-    s3.write_bytes("s3://runs/replaced", os.urandom(3 << 20))
-    stream._drop_body()  # as a broken connection would
-    with pytest.raises(OSError, match="PreconditionFailed"):
-        stream.readinto(bytearray(1000))
+def test_a_range_read_across_cut_gets_is_exact(s3_server):
+    data = os.urandom(3 << 20)
+    s3.write_bytes("s3://runs/ranged", data)
+    with FaultProxy(os.environ["AWS_ENDPOINT_URL_S3"], cut_every=1, cut_after=300_000) as proxy:
+        with s3.open_range("s3://runs/ranged", 123_457, 2_000_000) as stream:
+            assert stream.read() == data[123_457:2_123_457]
+            assert stream.raw.resumes >= 5
+    assert proxy.cuts >= 5
+    with pytest.raises(OSError, match="s3://runs/ranged .*the server sent 1000"):
+        s3.open_range("s3://runs/ranged", len(data) - 1000, 2000).read()
+
+
+@pytest.mark.parametrize("strip_if_match", [False, True])
+def test_an_object_replaced_before_a_resume_is_detected_not_spliced(s3_server, strip_if_match):
+    """The object is replaced after the first GET, whose body is then cut: the resuming GET fails on If-Match
+    (412), or, from a server that ignores If-Match (the proxy drops it), on the ETag of its response."""
+    s3.write_bytes("s3://runs/replaced", os.urandom(1 << 20))
+    with FaultProxy(os.environ["AWS_ENDPOINT_URL_S3"], cut_every=1, cut_after=200_000,
+                    strip_if_match=strip_if_match):
+        stream = s3.S3Stream("s3://runs/replaced")
+        assert stream.readinto(bytearray(1000)) == 1000
+        s3.write_bytes("s3://runs/replaced", os.urandom(1 << 20))
+        with pytest.raises(OSError, match="changed while it was read" if strip_if_match else "PreconditionFailed"):
+            while stream.readinto(bytearray(1 << 20)):
+                pass
+        assert stream.pos == 200_000
 
 
 def _child_client(queue) -> None:
     client = s3.client()
-    queue.put((list(s3._clients) == [os.getpid()], client is s3.client(), s3.exists("s3://runs/replaced")))
+    queue.put(([owner[0] for owner in s3._clients] == [os.getpid()], client is s3.client(), s3.exists("s3://runs/replaced")))
 
 
 def test_one_lazily_made_client_per_process(s3_server):
@@ -127,3 +145,13 @@ def test_a_short_run_streams_its_data_from_the_server(s3_server, tiny_data_dir, 
     result = train_loop(apply_overrides(cfg, overrides + ["train.iterations=10", "data.loader.num_workers=1"]))
     assert np.isfinite(result.losses[-1]["loss"]) and 0.0 <= result.miou <= 1.0
     assert result.losses[-1]["data.broken_shards"] == 0.0
+
+
+def test_a_changed_endpoint_gets_a_new_client(s3_server, monkeypatch):
+    """Regression: the client was cached per process only, so after one test module's S3 server stopped and
+    the next module's started on another port, every request still went to the old port (refused)."""
+    first = s3.client()
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9")
+    assert s3.client() is not first and s3.client().meta.endpoint_url == "http://127.0.0.1:9"
+    monkeypatch.undo()
+    assert s3.client().meta.endpoint_url == s3_server["AWS_ENDPOINT_URL_S3"]
