@@ -1,5 +1,10 @@
-"""Shared test settings."""
+"""Shared test settings and parts."""
+import contextlib
 import os
+import socket
+import subprocess
+import sys
+import time
 
 
 def tiny_overrides(cache_dir: str, out_dir: str) -> list[str]:
@@ -22,3 +27,42 @@ def upload_split(local_manifest, prefix: str) -> str:
     url = f"s3://runs/{prefix}/{os.path.basename(local_manifest.location)}"
     s3.upload_files(pairs + [(local_manifest.location, url)])
     return url
+
+
+@contextlib.contextmanager
+def moto_server(bucket: str):
+    """moto's S3 server on loopback, in its own process, with one bucket; the standard AWS environment
+    (AWS_ENDPOINT_URL_S3, credentials, region) points this process at it while the context lives. Yields
+    (that environment, for Ray's runtime_env; the server's process)."""
+    import boto3
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = os.path.join(os.path.dirname(sys.executable), "moto_server")
+    proc = subprocess.Popen([server, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    env = {"AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        client = boto3.client("s3")
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                client.create_bucket(Bucket=bucket)
+                break
+            except Exception:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("moto_server did not start")
+                time.sleep(0.3)
+        yield env, proc
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        proc.terminate()
+        proc.wait(timeout=30)

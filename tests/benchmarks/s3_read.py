@@ -1,6 +1,6 @@
 """Streaming shards from an S3 server through the reader pipeline against a raw boto3 download of the same bytes.
 
-    .venv/bin/python tests/benchmarks/s3_read.py [--shards 12] [--repeats 3] [--profile]
+    .venv/bin/python tests/benchmarks/s3_read.py [--shards 12] [--repeats 7] [--profile]
 
 Starts moto's S3 server on loopback, writes N shards of about 8 MB (samples of incompressible noise images,
 0.7 MB PNG each, with a label and json, by uda_dist.data.schema), uploads them, then measures side by side,
@@ -18,8 +18,6 @@ import argparse
 import cProfile
 import os
 import pstats
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,29 +26,10 @@ import numpy as np
 import webdataset as wds
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from tests.helpers import moto_server  # noqa: E402
 from uda_dist.data import s3, schema  # noqa: E402
 
-BUCKET = "bench"
-
-
-def start_server() -> subprocess.Popen:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = os.path.join(os.path.dirname(sys.executable), "moto_server")
-    proc = subprocess.Popen([server, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    os.environ.update({"AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "bench",
-                       "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"})
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            s3.client().create_bucket(Bucket=BUCKET)
-            return proc
-        except Exception:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("moto_server did not start")
-            time.sleep(0.3)
+BUCKET = "bench"  # moto refuses bucket names shorter than 3 characters
 
 
 def write_shards(folder: str, num_shards: int) -> tuple[schema.Manifest, list[dict]]:
@@ -132,31 +111,25 @@ def profile(name: str, run, urls: list[str]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shards", type=int, default=12)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
-    proc = start_server()
-    try:
-        with tempfile.TemporaryDirectory() as folder:
-            manifest, samples = write_shards(folder, args.shards)
-            local = manifest.urls()
-            remote = [f"s3://{BUCKET}/{os.path.basename(u)}" for u in local]
-            nbytes = sum(os.path.getsize(u) for u in local)
-            runs = {"raw boto3": (raw_boto3, remote), "plain handler": (with_handler(plain_gopen, pipeline), remote),
-                    "uda_dist handler": (with_handler(s3.gopen_s3, pipeline), remote),
-                    "local files": (pipeline, local)}
-            rates: dict[str, list[tuple[float, float, float]]] = {name: [] for name in runs}
-            for repeat in range(args.repeats):
-                order = list(runs) if repeat % 2 == 0 else list(reversed(runs))
-                for name in order:
-                    rates[name].append(measure(*runs[name], nbytes, proc.pid))
-            report(rates, decode_rate(samples[:40]), nbytes, len(local), len(samples))
-            if args.profile:
-                profile("plain handler", *runs["plain handler"])
-                profile("uda_dist handler", *runs["uda_dist handler"])
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with moto_server(BUCKET) as (_, server), tempfile.TemporaryDirectory() as folder:
+        manifest, samples = write_shards(folder, args.shards)
+        local = manifest.urls()
+        remote = [f"s3://{BUCKET}/{os.path.basename(u)}" for u in local]
+        nbytes = sum(os.path.getsize(u) for u in local)
+        runs = {"raw boto3": (raw_boto3, remote), "plain handler": (with_handler(plain_gopen, pipeline), remote),
+                "uda_dist handler": (with_handler(s3.gopen_s3, pipeline), remote), "local files": (pipeline, local)}
+        rates: dict[str, list[tuple[float, float, float, float]]] = {name: [] for name in runs}
+        for repeat in range(args.repeats):
+            order = list(runs) if repeat % 2 == 0 else list(reversed(runs))
+            for name in order:
+                rates[name].append(measure(*runs[name], nbytes, server.pid))
+        report(rates, decode_rate(samples[:40]), nbytes, len(local), len(samples))
+        if args.profile:
+            profile("plain handler", *runs["plain handler"])
+            profile("uda_dist handler", *runs["uda_dist handler"])
 
 
 def report(rates: dict, decode: tuple[float, float], nbytes: int, num_shards: int, num_samples: int) -> None:
