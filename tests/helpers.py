@@ -16,6 +16,7 @@ def tiny_overrides(cache_dir: str, out_dir: str) -> list[str]:
         "data.loader.batch_size=4", "data.loader.epoch_batches=5",
         "model.backbone=resnet10t", "model.embed_dim=32",
         "optim.warmup_iters=5", "train.iterations=40", "train.log_every=5", f"output_dir={out_dir}",
+        "tracking.enabled=false",
     ]
 
 

@@ -20,6 +20,7 @@ from uda_dist.launch import LaunchConfig
 from uda_dist.methods.base import MethodConfig
 from uda_dist.model.segmentor import ModelConfig
 from uda_dist.optim import OptimConfig
+from uda_dist.tracking import TrackingConfig
 
 
 class ConfigError(ValueError):
@@ -71,6 +72,7 @@ class RunConfig:
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     engine: EngineConfig = dataclasses.field(default_factory=EngineConfig)
     launch: LaunchConfig = dataclasses.field(default_factory=LaunchConfig)
+    tracking: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
 
 
 # ---------------------------------------------------------------- overrides

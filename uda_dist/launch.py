@@ -75,16 +75,21 @@ def launch(cfg: Any) -> dict[str, Any]:
             env = {"PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
             ray.init(runtime_env={"env_vars": env})
     prepare_data(cfg)
+    from uda_dist.tracking import resolve
+
     threads = cfg.train.threads or lc.cpus_per_worker
-    worker_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=threads))
     storage = lc.storage_path or os.path.abspath(os.path.join(cfg.output_dir, "ray"))
+    name = run_name(cfg)  # decided once here: the workers' MLflow run is found again by it
+    worker_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=threads),
+                                     launch=dataclasses.replace(lc, run_name=name, storage_path=storage),
+                                     tracking=resolve(cfg.tracking))
     trainer = TorchTrainer(
         _worker,
         train_loop_config={"cfg": worker_cfg},
         scaling_config=ScalingConfig(num_workers=lc.workers, use_gpu=lc.use_gpu,
                                      resources_per_worker={"CPU": lc.cpus_per_worker}),
         torch_config=TorchConfig(backend="nccl" if lc.use_gpu else "gloo"),
-        run_config=RunConfig(name=run_name(cfg), storage_path=storage,
+        run_config=RunConfig(name=name, storage_path=storage,
                              failure_config=FailureConfig(max_failures=lc.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=lc.keep_checkpoints)),
     )
@@ -148,6 +153,7 @@ class _RayCheckpointer:
 
     def __init__(self, cfg: Any):
         self.cfg = cfg
+        self.location = f"{cfg.launch.storage_path.rstrip('/')}/{cfg.launch.run_name}"  # where Ray keeps them
 
     def restore(self, parts: Any) -> dict[str, Any] | None:
         import ray.train

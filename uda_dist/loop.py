@@ -31,6 +31,7 @@ from uda_dist.dist.engine import build_engine
 from uda_dist.metrics import confusion_matrix, iou_per_class, mean_iou
 from uda_dist.model.segmentor import build_segmentor
 from uda_dist.step import train_step
+from uda_dist.tracking import NullTracker, open_tracker
 
 
 @dataclasses.dataclass
@@ -225,12 +226,26 @@ def train_loop(cfg: RunConfig, *, checkpointer: Checkpointer | None = None) -> R
     history = restored["history"] if restored else {"evaluations": [], "losses": []}
     out_dir = os.path.join(cfg.output_dir, cfg.name)
     os.makedirs(out_dir, exist_ok=True)
+    tracker = open_tracker(cfg, rank=parts.rank)
+    try:
+        result = _train_and_evaluate(cfg, parts, device, first, history, checkpointer, tracker, out_dir)
+    except BaseException:
+        tracker.finish(summary_path=None, checkpoint=None, failed=True)
+        raise
+    tracker.finish(summary_path=os.path.join(out_dir, "summary.json") if parts.rank == 0 else None,
+                   checkpoint=getattr(checkpointer, "location", None))
+    return result
+
+
+def _train_and_evaluate(cfg: RunConfig, parts: _Parts, device: torch.device, first: int, history: dict[str, Any],
+                        checkpointer: Checkpointer | None, tracker: NullTracker, out_dir: str) -> RunResult:
     start = time.perf_counter()
-    _train(cfg, parts, device, first, history, checkpointer)
+    _train(cfg, parts, device, first, history, checkpointer, tracker)
     seconds = time.perf_counter() - start
     confusion_KK = evaluate(parts.engine.module, parts.val, device=device, max_batches=cfg.train.eval_max_batches)
     history["evaluations"] = [e for e in history["evaluations"] if e["step"] < cfg.train.iterations]  # a rerun
     history["evaluations"].append(_evaluation_record(cfg.train.iterations, confusion_KK))
+    tracker.log_evaluation(history["evaluations"][-1], CLASSES)
     weights = os.path.join(out_dir, "student.pt")
     result = RunResult(name=cfg.name, miou=mean_iou(confusion_KK), iou=iou_per_class(confusion_KK).tolist(),
                        confusion=confusion_KK.tolist(), steps=cfg.train.iterations, seconds=seconds,
@@ -244,7 +259,7 @@ def train_loop(cfg: RunConfig, *, checkpointer: Checkpointer | None = None) -> R
 
 
 def _train(cfg: RunConfig, parts: _Parts, device: torch.device, first: int, history: dict[str, Any],
-           checkpointer: Checkpointer | None) -> None:
+           checkpointer: Checkpointer | None, tracker: NullTracker) -> None:
     # a terminal redraws one line; elsewhere (Ray forwards a worker's output line by line) every update is a line
     interval = 1.0 if sys.stderr.isatty() else 30.0
     bar = tqdm(range(first, cfg.train.iterations), desc=cfg.name, unit="it", dynamic_ncols=True,
@@ -259,11 +274,13 @@ def _train(cfg: RunConfig, parts: _Parts, device: torch.device, first: int, hist
         if done % cfg.train.log_every == 0 or done == cfg.train.iterations:
             history["losses"].append(_log(bar, step, logged, parts.engine.lr()) | window.close(done)
                                      | _bad_data_counts(parts.bad_data, device))
+            tracker.log_history(history["losses"][-1])
         if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done < cfg.train.iterations:
             with window.paused():
                 confusion_KK = evaluate(parts.engine.module, parts.val, device=device,
                                         max_batches=cfg.train.eval_max_batches, bad_data=parts.bad_data)
             history["evaluations"].append(_evaluation_record(done, confusion_KK))
+            tracker.log_evaluation(history["evaluations"][-1], CLASSES)
             if parts.rank == 0:
                 bar.write(f"[{cfg.name}] step {done}: target mIoU {100 * history['evaluations'][-1]['miou']:.2f}")
         if checkpointer and cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0 \

@@ -163,13 +163,23 @@ def test_killed_worker_resumes_from_last_checkpoint(local_ray, tiny_data_dir, tm
 
 
 def test_relaunch_with_the_same_name_resumes(local_ray, tiny_data_dir, tmp_path):
+    """...and its MLflow run (SQLite store) is continued, not doubled."""
+    from mlflow.tracking import MlflowClient
+
     cfg = _crash_config(tiny_data_dir, tmp_path, "relaunch", max_failures=0)
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    cfg = apply_overrides(cfg, ["tracking.enabled=true", f"tracking.uri={store}"])
     with pytest.raises(Exception):
         launch(cfg)  # rank 1 dies at step 7, no retries: the run fails with its checkpoint at step 5
     summary = launch(cfg)  # a new driver, the same run name
     first, second = _attempts(tmp_path / "rank0.steps")
     assert first[0] == 0 and second == list(range(5, 10))
     assert summary["steps"] == 10 and len(summary["losses"]) == 10
+    client = MlflowClient(tracking_uri=store)
+    [run] = client.search_runs([client.get_experiment_by_name("uda_dist").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["uda_dist.run_name"] == "relaunch"
+    assert max(m.step for m in client.get_metric_history(run.info.run_id, "loss")) == 10
+    assert run.data.tags["checkpoint"].endswith("/relaunch")
     # exact resume: the same losses and result as a run that was never interrupted
     (tmp_path / "straight").mkdir()
     straight = dataclasses.replace(_crash_config(tiny_data_dir, tmp_path, "straight", max_failures=0),

@@ -1,0 +1,79 @@
+"""MLflow tracking against a real `mlflow server` (SQLite backend) on loopback, started by the fixture."""
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.helpers import tiny_overrides
+from uda_dist.config import apply_overrides
+from uda_dist.loop import train_loop
+from uda_dist.recipes.synthetic import synthetic_self_training
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("mlflow")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [os.path.join(os.path.dirname(sys.executable), "mlflow"), "server", "--backend-store-uri",
+               f"sqlite:///{folder}/mlflow.db", "--artifacts-destination", str(folder / "artifacts"),
+               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("mlflow server did not start")
+                time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def tracked_config(tiny_data_dir, tmp_path, url, run_name):
+    return apply_overrides(synthetic_self_training(), tiny_overrides(tiny_data_dir, str(tmp_path)) + [
+        "train.iterations=10", "train.eval_every=5", "tracking.enabled=true", f"tracking.uri={url}",
+        "tracking.experiment=tests", f"launch.run_name={run_name}"])
+
+
+def test_a_run_logs_params_metrics_tags_and_artifacts(mlflow_server, tiny_data_dir, tmp_path):
+    result = train_loop(tracked_config(tiny_data_dir, tmp_path, mlflow_server, "tracked"))
+    client = MlflowClient(tracking_uri=mlflow_server)
+    [run] = client.search_runs([client.get_experiment_by_name("tests").experiment_id],
+                               filter_string="tags.`uda_dist.run_name` = 'tracked'")
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.iterations"] == "10" and run.data.params["method.pseudo_threshold"]
+    assert run.data.tags["recipe"] == "synthetic_self_training" and len(run.data.tags["git_commit"]) == 40
+    losses = client.get_metric_history(run.info.run_id, "loss")
+    assert [m.step for m in losses] == [5, 10]
+    assert losses[-1].value == pytest.approx(result.losses[-1]["loss"])
+    for key in ("lr", "pseudo.confident_ratio", "samples_per_s", "data.skipped_samples"):
+        assert len(client.get_metric_history(run.info.run_id, key)) == 2, key
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val.miou")] == [5, 10]
+    assert run.data.metrics["val.miou"] == pytest.approx(result.miou)
+    assert "val.iou.traffic_light" in run.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.json", "summary.json"} <= artifacts
+
+
+def test_the_same_run_name_continues_the_same_mlflow_run(mlflow_server, tiny_data_dir, tmp_path):
+    for attempt in range(2):
+        train_loop(tracked_config(tiny_data_dir, tmp_path / str(attempt), mlflow_server, "twice"))
+    client = MlflowClient(tracking_uri=mlflow_server)
+    runs = client.search_runs([client.get_experiment_by_name("tests").experiment_id],
+                              filter_string="tags.`uda_dist.run_name` = 'twice'")
+    assert len(runs) == 1
+    assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")] == [5, 10, 5, 10]
