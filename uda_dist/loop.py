@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from uda_dist import report
 from uda_dist.config import RunConfig, to_flat_dict
 from uda_dist.data.schema import CLASSES, IGNORE_INDEX, NUM_CLASSES
 from uda_dist.data.sources import load_manifest
@@ -230,9 +231,10 @@ def train_loop(cfg: RunConfig, *, checkpointer: Checkpointer | None = None) -> R
     try:
         result = _train_and_evaluate(cfg, parts, device, first, history, checkpointer, tracker, out_dir)
     except BaseException:
-        tracker.finish(summary_path=None, checkpoint=None, failed=True)
+        tracker.finish(artifacts=[], checkpoint=None, failed=True)
         raise
-    tracker.finish(summary_path=os.path.join(out_dir, "summary.json") if parts.rank == 0 else None,
+    artifacts = _pictures(parts, np.asarray(result.confusion), out_dir, device) if tracker.records else []
+    tracker.finish(artifacts=[os.path.join(out_dir, "summary.json"), *artifacts],
                    checkpoint=getattr(checkpointer, "location", None))
     return result
 
@@ -323,6 +325,23 @@ def _log(bar: tqdm, step: int, logged: dict[str, torch.Tensor], lr: float) -> di
     values = {name: float(v) for name, v in zip(logged, stacked.tolist())}
     bar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{lr:.2e}", refresh=False)  # drawn at the bar's own pace
     return {"step": step + 1, "lr": lr, **values}
+
+
+@torch.no_grad()
+def _pictures(parts: _Parts, confusion_KK: np.ndarray, out_dir: str, device: torch.device) -> list[str]:
+    """The tracker's plots: confusion matrix, per-class IoU bars, and the first validation batch's predictions
+    overlaid on the images (this rank's share of the split)."""
+    batch = _to_device(next(iter(parts.val)), device)
+    batch.pop("bad_data", None)
+    model = parts.engine.module
+    was_training = model.training
+    pred_BHW = model.eval().segment(batch["image"]).argmax(dim=1)
+    model.train(was_training)
+    images_BHW3 = (batch["image"].permute(0, 2, 3, 1) * 255).round().byte().cpu().numpy()
+    return [report.save_confusion_plot(os.path.join(out_dir, "confusion.png"), confusion_KK),
+            report.save_iou_bars(os.path.join(out_dir, "iou.png"), iou_per_class(confusion_KK).tolist()),
+            report.save_overlays(os.path.join(out_dir, "predictions.png"), images_BHW3,
+                                 batch["label"].byte().cpu().numpy(), pred_BHW.byte().cpu().numpy())]
 
 
 def _bad_data_counts(bad_data: collections.Counter, device: torch.device) -> dict[str, float]:

@@ -1,4 +1,5 @@
-"""What a person reads at the end of a run: a per-class IoU table and a picture of predictions."""
+"""What a person reads at the end of a run: a per-class IoU table, pictures of predictions, and the plots
+the tracker records (confusion matrix, per-class IoU bars; matplotlib, imported only for those)."""
 from __future__ import annotations
 
 import math
@@ -45,7 +46,26 @@ def save_prediction_grid(path: str, images_NHW3: np.ndarray, labels_NHW: np.ndar
     """A PNG grid, one row per image: image | ground truth | each run's prediction, with column titles."""
     columns = {"target image": images_NHW3, "ground truth": colorize(labels_NHW)}
     columns.update({name: colorize(p) for name, p in preds.items()})
-    n, h, w = labels_NHW.shape
+    return _grid(path, columns)
+
+
+def save_overlays(path: str, images_NHW3: np.ndarray, labels_NHW: np.ndarray, preds_NHW: np.ndarray) -> str:
+    """Target images with the prediction overlaid (half-transparent, Cityscapes palette), beside the ground
+    truth overlaid the same way."""
+    blend = {"prediction": _overlay(images_NHW3, preds_NHW), "ground truth": _overlay(images_NHW3, labels_NHW)}
+    return _grid(path, blend)
+
+
+def _overlay(images_NHW3: np.ndarray, labels_NHW: np.ndarray) -> np.ndarray:
+    colours = colorize(labels_NHW).astype(np.float32)
+    mixed = 0.5 * images_NHW3.astype(np.float32) + 0.5 * colours
+    keep = (labels_NHW == IGNORE_INDEX)[..., None]  # ignored pixels show the image
+    return np.where(keep, images_NHW3, mixed.round()).astype(np.uint8)
+
+
+def _grid(path: str, columns: dict[str, np.ndarray]) -> str:
+    first = next(iter(columns.values()))
+    n, h, w = first.shape[:3]
     title_h, pad = 14, 2
     canvas = Image.new("RGB", (len(columns) * (w + pad) + pad, title_h + n * (h + pad) + pad), "white")
     draw = ImageDraw.Draw(canvas)
@@ -56,4 +76,48 @@ def save_prediction_grid(path: str, images_NHW3: np.ndarray, labels_NHW: np.ndar
             canvas.paste(Image.fromarray(tiles[row]), (x, title_h + pad + row * (h + pad)))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     canvas.save(path)
+    return path
+
+
+def save_confusion_plot(path: str, confusion_KK: np.ndarray, classes: tuple[str, ...] = CLASSES) -> str:
+    """The confusion matrix, each ground-truth row normalised to 1 (rows without pixels stay empty)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    totals = confusion_KK.sum(axis=1, keepdims=True)
+    share_KK = np.divide(confusion_KK, totals, out=np.zeros(confusion_KK.shape), where=totals > 0)
+    fig, ax = plt.subplots(figsize=(8, 7))
+    image = ax.imshow(share_KK, cmap="viridis", vmin=0.0, vmax=1.0)
+    ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(classes)), classes, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("ground truth")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def save_iou_bars(path: str, iou_K: list[float], classes: tuple[str, ...] = CLASSES) -> str:
+    """Per-class IoU (%) as bars in the classes' palette colours, with the mIoU as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values = np.nan_to_num(100 * np.asarray(iou_K, dtype=np.float64))
+    fig, ax = plt.subplots(figsize=(9, 4))
+    ax.bar(range(len(classes)), values, color=PALETTE[: len(classes)] / 255.0, edgecolor="black", linewidth=0.5)
+    ax.axhline(100 * mean_of_defined(np.asarray(iou_K, dtype=np.float64)), color="black", linestyle="--",
+               label="mIoU")
+    ax.set_xticks(range(len(classes)), classes, rotation=60, ha="right", fontsize=8)
+    ax.set_ylabel("IoU (%)")
+    ax.set_ylim(0, 100)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
     return path

@@ -4,7 +4,8 @@ A run is one MLflow run in ``tracking.experiment``: params are the flattened res
 key), tags the recipe (config name), the git commit of the code and the run name; metrics are the logged
 history (losses, learning rate, pseudo-label confidence ratio, samples/s, skipped data) at their step and
 every evaluation's mIoU and per-class IoU (``val.miou``, ``val.iou.<class>``); artifacts the resolved config
-and, at the end, the run's summary, with the checkpoint location as a tag. The MLflow run is found again by
+and, at the end, the run's summary, a confusion-matrix plot, a per-class IoU bar chart and a few target
+predictions overlaid in the Cityscapes palette, with the checkpoint location as a tag. The MLflow run is found again by
 its run name (tag ``uda_dist.run_name``), so a resumed run (Ray's restart, or a relaunch under the same
 name) continues the same MLflow run instead of making a second one. Through MlflowClient with an explicit
 tracking URI (no process-global active run), so it works the same in one process and in a Ray worker.
@@ -54,16 +55,20 @@ class NullTracker:
     """Tracks nothing (ranks other than 0, or tracking.enabled=false)."""
 
     run_id = ""
+    records = False
+    """Whether anything is recorded (callers skip making artifacts for a NullTracker)."""
 
     def log_history(self, entry: dict[str, Any]) -> None: ...
 
     def log_evaluation(self, record: dict[str, Any], classes: tuple[str, ...]) -> None: ...
 
-    def finish(self, *, summary_path: str | None, checkpoint: str | None, failed: bool = False) -> None: ...
+    def finish(self, *, artifacts: list[str], checkpoint: str | None, failed: bool = False) -> None: ...
 
 
 class MlflowTracker(NullTracker):
     """The run's MLflow run: made, or found again by its run name and continued."""
+
+    records = True
 
     def __init__(self, cfg: Any):
         from mlflow.tracking import MlflowClient
@@ -101,9 +106,9 @@ class MlflowTracker(NullTracker):
                                                  for c, v in zip(classes, record["iou"])}}
         self.log_history({"step": record["step"], **values})
 
-    def finish(self, *, summary_path: str | None, checkpoint: str | None, failed: bool = False) -> None:
-        if summary_path is not None:
-            self.client.log_artifact(self.run_id, summary_path)
+    def finish(self, *, artifacts: list[str], checkpoint: str | None, failed: bool = False) -> None:
+        for path in artifacts:
+            self.client.log_artifact(self.run_id, path)
         if checkpoint:
             self.client.set_tag(self.run_id, "checkpoint", checkpoint)
         self.client.set_terminated(self.run_id, status="FAILED" if failed else "FINISHED")

@@ -66,7 +66,7 @@ def test_a_run_logs_params_metrics_tags_and_artifacts(mlflow_server, tiny_data_d
     assert run.data.metrics["val.miou"] == pytest.approx(result.miou)
     assert "val.iou.traffic_light" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"config.json", "summary.json"} <= artifacts
+    assert {"config.json", "summary.json", "confusion.png", "iou.png", "predictions.png"} <= artifacts
 
 
 def test_the_same_run_name_continues_the_same_mlflow_run(mlflow_server, tiny_data_dir, tmp_path):
