@@ -67,3 +67,34 @@ def moto_server(bucket: str):
                 os.environ[key] = value
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def mlflow_server(folder):
+    """`mlflow server` on loopback with a SQLite backend and artifacts under ``folder``, in its own process
+    (job execution off: 490 MB instead of 1.6 GB); yields its URL once healthy."""
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [os.path.join(os.path.dirname(sys.executable), "mlflow"), "server", "--backend-store-uri",
+               f"sqlite:///{folder}/mlflow.db", "--artifacts-destination", str(folder / "artifacts"),
+               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("mlflow server did not start")
+                time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

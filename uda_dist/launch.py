@@ -9,8 +9,9 @@ Ray 2.60 runs Ray Train V2. ``launch(cfg)`` builds a TorchTrainer over ``_worker
   ``launch.storage_path`` (a local directory or s3://...; default
   {output_dir}/ray), FailureConfig(max_failures) and CheckpointConfig(num_to_keep).
 It connects to the cluster named by RAY_ADDRESS (what ``ray job submit`` sets) and starts a local Ray
-otherwise. Rank 0 reports the final metrics with one Ray checkpoint holding the run's summary.json and
-student.pt; ``launch`` returns the summary.
+otherwise. The workers report {"step", "val.miou"} at every evaluation (with a checkpoint when one is due);
+the final report's checkpoint also holds the run's summary.json and student.pt; ``launch`` returns the
+summary.
 """
 from __future__ import annotations
 
@@ -54,26 +55,17 @@ class LaunchConfig:
                              "keep_checkpoints >= 1 are required")
 
 
-def launch(cfg: Any) -> dict[str, Any]:
-    """Train cfg on cfg.launch.workers Ray Train workers; return the run's summary (rank 0's)."""
-    import ray
+def launch(cfg: Any, *, callbacks: tuple[Any, ...] = ()) -> dict[str, Any]:
+    """Train cfg on cfg.launch.workers Ray Train workers; return the run's summary (rank 0's). ``callbacks``
+    are Ray Train callbacks of the run (a sweep's trial passes Tune's TuneReportCallback, which forwards
+    every report, {"step", "val.miou"} at each evaluation, to Tune)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     lc = cfg.launch
     if lc.workers < 1:
         raise ValueError("launch() needs launch.workers >= 1")
-    if not ray.is_initialized():
-        if os.environ.get("RAY_ADDRESS"):
-            # An existing cluster (`ray job submit` sets RAY_ADDRESS): keep the job's runtime env. Passing one
-            # here would replace it, and the job's working_dir (the driver's cwd) would be deleted.
-            ray.init()
-        else:
-            # A local Ray. The workers get this interpreter's bin directory first on PATH so that DeepSpeed's
-            # JIT ops are built by the same ninja as in a shell with the venv, and its cache is not rebuilt
-            # (cluster/local.sh does the same for the nodes it starts).
-            env = {"PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
-            ray.init(runtime_env={"env_vars": env})
+    connect()
     prepare_data(cfg)
     from uda_dist.tracking import resolve
 
@@ -91,7 +83,8 @@ def launch(cfg: Any) -> dict[str, Any]:
         torch_config=TorchConfig(backend="nccl" if lc.use_gpu else "gloo"),
         run_config=RunConfig(name=name, storage_path=storage,
                              failure_config=FailureConfig(max_failures=lc.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=lc.keep_checkpoints)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=lc.keep_checkpoints),
+                             callbacks=list(callbacks)),
     )
     result = trainer.fit()
     if result.checkpoint is None:
@@ -101,6 +94,25 @@ def launch(cfg: Any) -> dict[str, Any]:
             summary = json.load(f)
         _copy_results(directory, os.path.join(cfg.output_dir, cfg.name))
     return summary
+
+
+def connect(**init_kwargs: Any) -> None:
+    """Join the Ray cluster named by RAY_ADDRESS (what `ray job submit` sets), else start a local Ray
+    (``init_kwargs`` go to ray.init then); nothing when Ray is already initialised (a Tune trial)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        # An existing cluster: keep the job's runtime env. Passing one here would replace it, and the job's
+        # working_dir (the driver's cwd) would be deleted.
+        ray.init()
+        return
+    # A local Ray. The workers get this interpreter's bin directory first on PATH so that DeepSpeed's JIT ops
+    # are built by the same ninja as in a shell with the venv, and its cache is not rebuilt (cluster/local.sh
+    # does the same for the nodes it starts).
+    env = {"PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
+    ray.init(runtime_env={"env_vars": env}, **init_kwargs)
 
 
 def train_iou(cfg: Any) -> list[float]:
@@ -166,7 +178,8 @@ class _RayCheckpointer:
         with checkpoint.as_directory() as directory:
             return load_state(parts, directory)
 
-    def save(self, parts: Any, step: int, history: dict[str, Any], final: Any) -> None:
+    def save(self, parts: Any, step: int, history: dict[str, Any], final: Any, *,
+             metrics: dict[str, float]) -> None:
         import ray.train
 
         from uda_dist.loop import save_state
@@ -175,6 +188,10 @@ class _RayCheckpointer:
             save_state(parts, directory, step, history)
             if final is not None and parts.rank == 0:
                 _copy_results(os.path.join(self.cfg.output_dir, self.cfg.name), directory)
-            metrics = {"step": step, **({"miou": final.miou} if final is not None else {})}
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
                              checkpoint_dir_name=f"step_{step:08d}")
+
+    def report(self, metrics: dict[str, float]) -> None:
+        import ray.train
+
+        ray.train.report(metrics)

@@ -173,11 +173,16 @@ class _ReduceTimer:
 
 
 class Checkpointer(Protocol):
-    """Where resumable state goes (the launcher's Ray checkpoints); the loop decides when."""
+    """Where resumable state and progress go (the launcher's Ray checkpoints and reports); the loop decides
+    when. Every rank calls save and report at the same steps. ``metrics`` are {"step", and after an
+    evaluation "val.miou"}: what a sweep's scheduler reads."""
 
     def restore(self, parts: _Parts) -> dict[str, Any] | None: ...
 
-    def save(self, parts: _Parts, step: int, history: dict[str, Any], final: RunResult | None) -> None: ...
+    def save(self, parts: _Parts, step: int, history: dict[str, Any], final: RunResult | None, *,
+             metrics: dict[str, float]) -> None: ...
+
+    def report(self, metrics: dict[str, float]) -> None: ...
 
 
 ENGINE_TAG = "state"
@@ -230,19 +235,23 @@ def train_loop(cfg: RunConfig, *, checkpointer: Checkpointer | None = None) -> R
     tracker = open_tracker(cfg, rank=parts.rank)
     try:
         result = _train_and_evaluate(cfg, parts, device, first, history, checkpointer, tracker, out_dir)
+        artifacts = _pictures(parts, np.asarray(result.confusion), out_dir, device) if tracker.records else []
+        tracker.finish(artifacts=[os.path.join(out_dir, "summary.json"), *artifacts],
+                       checkpoint=getattr(checkpointer, "location", None))
+        if checkpointer:
+            # Last: under a sweep the scheduler may end the trial's processes as soon as it has this report.
+            checkpointer.save(parts, cfg.train.iterations, history, result,
+                              metrics=_progress(cfg.train.iterations, history["evaluations"][-1]))
     except BaseException:
         tracker.finish(artifacts=[], checkpoint=None, failed=True)
         raise
-    artifacts = _pictures(parts, np.asarray(result.confusion), out_dir, device) if tracker.records else []
-    tracker.finish(artifacts=[os.path.join(out_dir, "summary.json"), *artifacts],
-                   checkpoint=getattr(checkpointer, "location", None))
     return result
 
 
 def _train_and_evaluate(cfg: RunConfig, parts: _Parts, device: torch.device, first: int, history: dict[str, Any],
                         checkpointer: Checkpointer | None, tracker: NullTracker, out_dir: str) -> RunResult:
     start = time.perf_counter()
-    _train(cfg, parts, device, first, history, checkpointer, tracker)
+    _train(cfg, parts, device, first, history, checkpointer, tracker, out_dir)
     seconds = time.perf_counter() - start
     confusion_KK = evaluate(parts.engine.module, parts.val, device=device, max_batches=cfg.train.eval_max_batches)
     history["evaluations"] = [e for e in history["evaluations"] if e["step"] < cfg.train.iterations]  # a rerun
@@ -255,13 +264,11 @@ def _train_and_evaluate(cfg: RunConfig, parts: _Parts, device: torch.device, fir
     if parts.rank == 0:  # the student is identical on every rank
         torch.save(parts.engine.module.state_dict(), weights)
         _write_summary(out_dir, cfg, result)
-    if checkpointer:
-        checkpointer.save(parts, cfg.train.iterations, history, result)
     return result
 
 
 def _train(cfg: RunConfig, parts: _Parts, device: torch.device, first: int, history: dict[str, Any],
-           checkpointer: Checkpointer | None, tracker: NullTracker) -> None:
+           checkpointer: Checkpointer | None, tracker: NullTracker, out_dir: str) -> None:
     # a terminal redraws one line; elsewhere (Ray forwards a worker's output line by line) every update is a line
     interval = 1.0 if sys.stderr.isatty() else 30.0
     bar = tqdm(range(first, cfg.train.iterations), desc=cfg.name, unit="it", dynamic_ncols=True,
@@ -277,19 +284,38 @@ def _train(cfg: RunConfig, parts: _Parts, device: torch.device, first: int, hist
             history["losses"].append(_log(bar, step, logged, parts.engine.lr()) | window.close(done)
                                      | _bad_data_counts(parts.bad_data, device))
             tracker.log_history(history["losses"][-1])
+        evaluation = None
         if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done < cfg.train.iterations:
             with window.paused():
                 confusion_KK = evaluate(parts.engine.module, parts.val, device=device,
                                         max_batches=cfg.train.eval_max_batches, bad_data=parts.bad_data)
-            history["evaluations"].append(_evaluation_record(done, confusion_KK))
-            tracker.log_evaluation(history["evaluations"][-1], CLASSES)
+            evaluation = _evaluation_record(done, confusion_KK)
+            history["evaluations"].append(evaluation)
+            tracker.log_evaluation(evaluation, CLASSES)
+            if tracker.records:  # the plots of the latest evaluation, also for a run a sweep stops early
+                with window.paused():
+                    tracker.log_artifacts(_pictures(parts, confusion_KK, out_dir, device))
             if parts.rank == 0:
-                bar.write(f"[{cfg.name}] step {done}: target mIoU {100 * history['evaluations'][-1]['miou']:.2f}")
-        if checkpointer and cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0 \
-                and done < cfg.train.iterations:
+                bar.write(f"[{cfg.name}] step {done}: target mIoU {100 * evaluation['miou']:.2f}")
+        if checkpointer:
             with window.paused():
-                checkpointer.save(parts, done, history, None)
+                _checkpoint_or_report(cfg, parts, checkpointer, done, history, evaluation)
     bar.close()
+
+
+def _checkpoint_or_report(cfg: RunConfig, parts: _Parts, checkpointer: Checkpointer, done: int,
+                          history: dict[str, Any], evaluation: dict[str, Any] | None) -> None:
+    """A checkpoint every cfg.train.checkpoint_every steps (before the last); an evaluation's mIoU reported
+    with it, or alone."""
+    metrics = _progress(done, evaluation)
+    if cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0 and done < cfg.train.iterations:
+        checkpointer.save(parts, done, history, None, metrics=metrics)
+    elif evaluation is not None:
+        checkpointer.report(metrics)
+
+
+def _progress(step: int, evaluation: dict[str, Any] | None) -> dict[str, float]:
+    return {"step": step, **({"val.miou": evaluation["miou"]} if evaluation is not None else {})}
 
 
 class _Window:

@@ -3,12 +3,16 @@
 A run is one MLflow run in ``tracking.experiment``: params are the flattened resolved config (every --set
 key), tags the recipe (config name), the git commit of the code and the run name; metrics are the logged
 history (losses, learning rate, pseudo-label confidence ratio, samples/s, skipped data) at their step and
-every evaluation's mIoU and per-class IoU (``val.miou``, ``val.iou.<class>``); artifacts the resolved config
-and, at the end, the run's summary, a confusion-matrix plot, a per-class IoU bar chart and a few target
-predictions overlaid in the Cityscapes palette, with the checkpoint location as a tag. The MLflow run is found again by
-its run name (tag ``uda_dist.run_name``), so a resumed run (Ray's restart, or a relaunch under the same
-name) continues the same MLflow run instead of making a second one. Through MlflowClient with an explicit
+every evaluation's mIoU and per-class IoU (``val.miou``, ``val.iou.<class>``); artifacts the resolved config,
+after every evaluation a confusion-matrix plot, a per-class IoU bar chart and a few target predictions
+overlaid in the Cityscapes palette (replaced by the next), and at the end the run's summary, with the
+checkpoint location as a tag. The MLflow run is found again by its run name (tag ``uda_dist.run_name``), so
+a resumed run (Ray's restart, or a relaunch under the same name) continues the same MLflow run instead of
+making a second one. Through MlflowClient with an explicit
 tracking URI (no process-global active run), so it works the same in one process and in a Ray worker.
+
+A sweep (tune/) is a parent run (SweepRun) with one nested run per trial (tag mlflow.parentRunId, set from
+``tracking.parent_run_id``); ``list_runs`` reads runs back for the comparison command (uda_dist.compare).
 
 Store: ``tracking.uri``; "" means $MLFLOW_TRACKING_URI, else a SQLite file ``mlflow.db`` in the working
 directory of the driver (resolved there, before Ray workers with other working directories start).
@@ -24,6 +28,8 @@ import time
 from typing import Any
 
 RUN_NAME_TAG = "uda_dist.run_name"
+PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests runs by
+SWEEP_TAG = "uda_dist.sweep"  # on a sweep's parent run: its search space (params "space.<key>")
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 
 
@@ -36,6 +42,8 @@ class TrackingConfig:
     else sqlite:///<working directory>/mlflow.db."""
     experiment: str = "uda_dist"
     """MLflow experiment the run goes to (made if missing)."""
+    parent_run_id: str = ""
+    """MLflow run this run is nested under (a sweep sets its parent run for every trial); "" = none."""
 
 
 def resolve(cfg: TrackingConfig) -> TrackingConfig:
@@ -62,6 +70,8 @@ class NullTracker:
 
     def log_evaluation(self, record: dict[str, Any], classes: tuple[str, ...]) -> None: ...
 
+    def log_artifacts(self, paths: list[str]) -> None: ...
+
     def finish(self, *, artifacts: list[str], checkpoint: str | None, failed: bool = False) -> None: ...
 
 
@@ -78,19 +88,12 @@ class MlflowTracker(NullTracker):
         tracking = resolve(cfg.tracking)
         self.client = MlflowClient(tracking_uri=tracking.uri)
         name = cfg.launch.run_name or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        experiment = self.client.get_experiment_by_name(tracking.experiment)
-        experiment_id = (experiment.experiment_id if experiment is not None
-                         else self.client.create_experiment(tracking.experiment))
-        found = self.client.search_runs([experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{name}'",
-                                        max_results=1)
-        if found:
-            self.run_id = found[0].info.run_id
-            self.client.update_run(self.run_id, status="RUNNING")
-            return
-        tags = {RUN_NAME_TAG: name, "recipe": cfg.name, "git_commit": _git_commit()}
-        self.run_id = self.client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
-        self._log_params(to_flat_dict(cfg))
-        self._log_json("config.json", to_flat_dict(cfg))
+        tags = {"recipe": cfg.name, "git_commit": _git_commit(),
+                **({PARENT_TAG: tracking.parent_run_id} if tracking.parent_run_id else {})}
+        self.run_id, made = _find_or_create(self.client, tracking.experiment, name, tags)
+        if made:
+            _log_params(self.client, self.run_id, to_flat_dict(cfg))
+            self._log_json("config.json", to_flat_dict(cfg))
 
     def log_history(self, entry: dict[str, Any]) -> None:
         """One log step of the history: every numeric value but the step itself, at that step."""
@@ -106,19 +109,16 @@ class MlflowTracker(NullTracker):
                                                  for c, v in zip(classes, record["iou"])}}
         self.log_history({"step": record["step"], **values})
 
-    def finish(self, *, artifacts: list[str], checkpoint: str | None, failed: bool = False) -> None:
-        for path in artifacts:
+    def log_artifacts(self, paths: list[str]) -> None:
+        """Files as run artifacts, replacing earlier ones of the same name."""
+        for path in paths:
             self.client.log_artifact(self.run_id, path)
+
+    def finish(self, *, artifacts: list[str], checkpoint: str | None, failed: bool = False) -> None:
+        self.log_artifacts(artifacts)
         if checkpoint:
             self.client.set_tag(self.run_id, "checkpoint", checkpoint)
         self.client.set_terminated(self.run_id, status="FAILED" if failed else "FINISHED")
-
-    def _log_params(self, flat: dict[str, Any]) -> None:
-        from mlflow.entities import Param
-
-        params = [Param(key, str(value)[:MAX_PARAM_CHARS]) for key, value in sorted(flat.items())]
-        for start in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
-            self.client.log_batch(self.run_id, params=params[start:start + 100])
 
     def _log_json(self, name: str, value: Any) -> None:
         with tempfile.TemporaryDirectory() as directory:
@@ -126,6 +126,105 @@ class MlflowTracker(NullTracker):
             with open(path, "w") as f:
                 json.dump(value, f, indent=1, default=str)
             self.client.log_artifact(self.run_id, path)
+
+
+class SweepRun:
+    """A sweep's parent MLflow run (found again by the sweep's name, so a resumed sweep continues it); its
+    trials' runs are nested under it (their tracking.parent_run_id is ``run_id``)."""
+
+    def __init__(self, tracking: TrackingConfig, name: str, *, recipe: str, params: dict[str, Any]):
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(tracking_uri=tracking.uri)
+        self.experiment = tracking.experiment
+        space = " ".join(f"{k.removeprefix('space.')}={v}" for k, v in params.items() if k.startswith("space."))
+        tags = {"recipe": recipe, "git_commit": _git_commit(), SWEEP_TAG: space}
+        self.run_id, made = _find_or_create(self.client, tracking.experiment, name, tags)
+        if made:
+            _log_params(self.client, self.run_id, params)
+
+    def mark_stopped(self, names: list[str]) -> None:
+        """The runs of the trials named here, ended by the sweep's scheduler (their processes killed), set
+        KILLED with tag uda_dist.early_stopped=true."""
+        for name in names:
+            run_id = _find(self.client, self.experiment, name)
+            if run_id:
+                self.client.set_tag(run_id, "uda_dist.early_stopped", "true")
+                self.client.set_terminated(run_id, status="KILLED")
+
+    def finish(self, *, metrics: dict[str, float], tags: dict[str, str], artifacts: list[str],
+               failed: bool = False) -> None:
+        """The best trial's metrics and tags, the sweep's table and plot."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, value)
+        for path in artifacts:
+            self.client.log_artifact(self.run_id, path)
+        self.client.set_terminated(self.run_id, status="FAILED" if failed else "FINISHED")
+
+
+def list_runs(tracking: TrackingConfig, *, parent: str = "") -> list[dict[str, Any]]:
+    """The runs of tracking.experiment as plain dicts {name, run_id, status, params, metrics, tags}, oldest
+    first; with ``parent`` (a sweep's run name) only the runs nested under that sweep; sweep parent runs
+    themselves are left out."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking.uri)
+    experiment = client.get_experiment_by_name(tracking.experiment)
+    if experiment is None:
+        raise LookupError(f"no MLflow experiment {tracking.experiment!r} in {tracking.uri}")
+    filters = []
+    if parent:
+        parent_id = _find(client, tracking.experiment, parent)
+        if not parent_id:
+            raise LookupError(f"no sweep run {parent!r} in experiment {tracking.experiment!r}")
+        filters.append(f"tags.`{PARENT_TAG}` = '{parent_id}'")
+    runs = []
+    page_token = None
+    while True:
+        page = client.search_runs([experiment.experiment_id], filter_string=" and ".join(filters),
+                                  order_by=["attributes.start_time ASC"], page_token=page_token)
+        runs += [r for r in page if SWEEP_TAG not in r.data.tags]
+        page_token = page.token
+        if not page_token:
+            break
+    return [{"name": r.data.tags.get(RUN_NAME_TAG, r.info.run_name), "run_id": r.info.run_id,
+             "status": r.info.status, "params": dict(r.data.params), "metrics": dict(r.data.metrics),
+             "tags": dict(r.data.tags)} for r in runs]
+
+
+def _find(client: Any, experiment_name: str, name: str) -> str:
+    """The id of the run named ``name`` (tag uda_dist.run_name) in the experiment, "" if there is none."""
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        return ""
+    found = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{name}'",
+                               max_results=1)
+    return found[0].info.run_id if found else ""
+
+
+def _find_or_create(client: Any, experiment_name: str, name: str, tags: dict[str, str]) -> tuple[str, bool]:
+    """(run id, made now): the run named ``name`` set RUNNING again, or a new one with ``tags`` (the
+    experiment made if missing)."""
+    run_id = _find(client, experiment_name, name)
+    if run_id:
+        client.update_run(run_id, status="RUNNING")
+        return run_id, False
+    experiment = client.get_experiment_by_name(experiment_name)
+    experiment_id = (experiment.experiment_id if experiment is not None
+                     else client.create_experiment(experiment_name))
+    return client.create_run(experiment_id, run_name=name, tags={RUN_NAME_TAG: name, **tags}).info.run_id, True
+
+
+def _log_params(client: Any, run_id: str, flat: dict[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    params = [Param(key, str(value)[:MAX_PARAM_CHARS]) for key, value in sorted(flat.items())]
+    for start in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
+        client.log_batch(run_id, params=params[start:start + 100])
 
 
 def _git_commit() -> str:

@@ -1,10 +1,4 @@
-"""MLflow tracking against a real `mlflow server` (SQLite backend) on loopback, started by the fixture."""
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
+"""MLflow tracking against a real `mlflow server` (SQLite backend) on loopback, started by the fixture (conftest.py)."""
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -13,34 +7,6 @@ from tests.helpers import tiny_overrides
 from uda_dist.config import apply_overrides
 from uda_dist.loop import train_loop
 from uda_dist.recipes.synthetic import synthetic_self_training
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("mlflow")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    command = [os.path.join(os.path.dirname(sys.executable), "mlflow"), "server", "--backend-store-uri",
-               f"sqlite:///{folder}/mlflow.db", "--artifacts-destination", str(folder / "artifacts"),
-               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2)
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("mlflow server did not start")
-                time.sleep(0.5)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def tracked_config(tiny_data_dir, tmp_path, url, run_name):
