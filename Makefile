@@ -18,7 +18,7 @@ venv: $(VENV)/.installed
 
 $(VENV)/.installed: setup.cfg constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -c constraints.txt -e ".[test]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[test,sweep]"
 	touch $@
 
 clean:
