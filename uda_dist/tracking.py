@@ -111,8 +111,7 @@ class MlflowTracker(NullTracker):
 
     def log_artifacts(self, paths: list[str]) -> None:
         """Files as run artifacts, replacing earlier ones of the same name."""
-        for path in paths:
-            self.client.log_artifact(self.run_id, path)
+        _log_artifacts(self.client, self.run_id, paths)
 
     def finish(self, *, artifacts: list[str], checkpoint: str | None, failed: bool = False) -> None:
         self.log_artifacts(artifacts)
@@ -161,8 +160,7 @@ class SweepRun:
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
         for key, value in tags.items():
             self.client.set_tag(self.run_id, key, value)
-        for path in artifacts:
-            self.client.log_artifact(self.run_id, path)
+        _log_artifacts(self.client, self.run_id, artifacts)
         self.client.set_terminated(self.run_id, status="FAILED" if failed else "FINISHED")
 
 
@@ -217,6 +215,11 @@ def _find_or_create(client: Any, experiment_name: str, name: str, tags: dict[str
     experiment_id = (experiment.experiment_id if experiment is not None
                      else client.create_experiment(experiment_name))
     return client.create_run(experiment_id, run_name=name, tags={RUN_NAME_TAG: name, **tags}).info.run_id, True
+
+
+def _log_artifacts(client: Any, run_id: str, paths: list[str]) -> None:
+    for path in paths:
+        client.log_artifact(run_id, path)
 
 
 def _log_params(client: Any, run_id: str, flat: dict[str, Any]) -> None:
