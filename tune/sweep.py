@@ -31,6 +31,8 @@ from typing import Any
 
 from tune.spaces import has_grid, resolve_space, to_tune
 from uda_dist.config import ConfigError, apply_overrides
+from uda_dist.errors import run_cli
+from uda_dist.redact import redact
 
 METRIC = "val.miou"
 DRIVER_MEMORY = 2 ** 20
@@ -51,24 +53,23 @@ class SweepOptions:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    return run_cli(lambda: _main(args))
+
+
+def _main(args: argparse.Namespace) -> int:
     from uda_dist.recipes import all_recipes
 
     recipes = all_recipes()
     if args.recipe not in recipes:
-        print(f"error: unknown recipe {args.recipe!r}; valid: {', '.join(sorted(recipes))}", file=sys.stderr)
-        return 2
+        raise ConfigError(f"unknown recipe {args.recipe!r}; valid: {', '.join(sorted(recipes))}")
     name = args.name or f"{args.recipe}-{args.space or 'params'}-{time.strftime('%Y%m%d-%H%M%S')}"
     options = SweepOptions(name=name, trials=args.trials, search=args.search, scheduler=args.scheduler,
                            grace=args.grace, reduction=args.reduction, max_concurrent=args.max_concurrent,
                            max_failures=args.max_failures, storage=args.storage)
-    try:
-        base = apply_overrides(recipes[args.recipe](), args.overrides)
-        space = resolve_space(base, args.space, args.params)
-        _check(base, options)
-        searcher_name(options.search, space)  # --search optuna with grid(...) values is an error here
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    base = apply_overrides(recipes[args.recipe](), args.overrides)
+    space = resolve_space(base, args.space, args.params)
+    _check(base, options)
+    searcher_name(options.search, space)  # --search optuna with grid(...) values is an error here
     rows = run_sweep(base, space, options, recipe=args.recipe, overrides=args.overrides)
     return 0 if any(row["status"] == "FINISHED" for row in rows) else 1
 
@@ -78,16 +79,16 @@ def run_sweep(base: Any, space: dict[str, str], options: SweepOptions, *, recipe
     """Run the sweep; print and return its trials as rows {name, status, params, metrics, tags}."""
     from ray import tune
 
-    from uda_dist.launch import connect, prepare_data
+    from uda_dist.launch import connect, prepare
     from uda_dist.tracking import SweepRun
 
     # Trials keep the driver's working directory (relative data paths, ./mlflow.db), and a report without
     # val.miou (a checkpoint between evaluations) is not an error for the scheduler.
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
-    connect()
     base, storage = _trial_base(base, options)
-    prepare_data(base)
+    base = prepare(base)  # one-line errors before Ray starts; the trials' store fixed on this driver
+    connect()
     parent = None
     if base.tracking.enabled:
         parent = SweepRun(base.tracking, options.name, recipe=recipe, params=_sweep_params(recipe, space, options,
@@ -120,20 +121,18 @@ def _trial(params: dict[str, Any], *, base: Any, sweep: str) -> None:
     trial_id = tune.get_context().get_trial_id()
     cfg = apply_overrides(base, params)
     cfg = apply_overrides(cfg, {"launch.run_name": f"{sweep}-{trial_id}",
-                                "output_dir": os.path.join(base.output_dir, sweep, trial_id)})
+                                "output_dir": os.path.join(base.output_dir, sweep)})
     launch(cfg, callbacks=(TuneReportCallback(),))
 
 
 def _trial_base(base: Any, options: SweepOptions) -> tuple[Any, str]:
     """The config every trial starts from (at least one worker, absolute output folder, the tracking store
     fixed on this driver, trainer runs under the sweep's storage) and the sweep's storage."""
-    from uda_dist.tracking import resolve
-
     output_dir = os.path.abspath(base.output_dir)
     storage = options.storage or os.path.join(output_dir, "ray")
     base = apply_overrides(base, {"output_dir": output_dir, "launch.workers": max(1, base.launch.workers),
                                   "launch.storage_path": f"{storage.rstrip('/')}/{options.name}/train"})
-    return dataclasses.replace(base, tracking=resolve(base.tracking)), storage
+    return base, storage
 
 
 def _check(base: Any, options: SweepOptions) -> None:
@@ -250,8 +249,8 @@ def _report(rows: list[dict[str, Any]], base: Any, parent: Any, options: SweepOp
     parent.finish(metrics={f"best.{METRIC}": best["metrics"][METRIC]} if best else {},
                   tags={"best_trial": best["name"], "best_command": line} if best else {},
                   artifacts=[os.path.join(folder, "trials.txt"), *([plot] if plot else [])],
-                  failed=best is None)
-    print(f"MLflow: experiment {base.tracking.experiment!r}, parent run {options.name!r} ({base.tracking.uri})")
+                  status="FINISHED" if best else "FAILED")
+    print(f"MLflow: experiment {base.tracking.experiment!r}, parent run {options.name!r} ({redact(base.tracking.uri)})")
 
 
 def _sweep_params(recipe: str, space: dict[str, str], options: SweepOptions,

@@ -10,6 +10,8 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import math
+import re
 import types
 import typing
 from typing import Any, Literal, Union
@@ -20,7 +22,11 @@ from uda_dist.launch import LaunchConfig
 from uda_dist.methods.base import MethodConfig
 from uda_dist.model.segmentor import ModelConfig
 from uda_dist.optim import OptimConfig
+from uda_dist.redact import redact
 from uda_dist.tracking import TrackingConfig
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+"""Run and recipe names: they name folders and checkpoints, so no path separators, spaces or '..' tricks."""
 
 
 class ConfigError(ValueError):
@@ -73,6 +79,14 @@ class RunConfig:
     engine: EngineConfig = dataclasses.field(default_factory=EngineConfig)
     launch: LaunchConfig = dataclasses.field(default_factory=LaunchConfig)
     tracking: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
+
+    def __post_init__(self) -> None:
+        for key, value in (("name", self.name), ("launch.run_name", self.launch.run_name)):
+            if value and not NAME_PATTERN.fullmatch(value):
+                raise ValueError(f"{key} {value!r} must be 1-128 letters, digits, '.', '_' or '-', starting with a "
+                                 f"letter or digit (it names the run's folder)")
+        if not self.name:
+            raise ValueError("name must not be empty")
 
 
 # ---------------------------------------------------------------- overrides
@@ -169,9 +183,14 @@ def _coerce_scalar(value: Any, hint: Any, key: str) -> Any:
                 if not as_float.is_integer():
                     raise ValueError
                 return int(as_float)
-            return hint(value)
-        except (TypeError, ValueError):
+            coerced = hint(value)
+        except (TypeError, ValueError, OverflowError):
             raise ConfigError(f"bad value for '{key}': {value!r} is not {hint.__name__}") from None
+        if hint is float and not math.isfinite(coerced):
+            raise ConfigError(f"bad value for '{key}': {value!r} is not a finite number")
+        if hint is str and any(ord(c) < 32 or ord(c) == 127 for c in coerced):
+            raise ConfigError(f"bad value for '{key}': {redact(value)!r} holds control characters")
+        return coerced
     raise ConfigError(f"'{key}' has type {hint!r}, which cannot be set from the command line")
 
 
@@ -214,6 +233,6 @@ def format_config(cfg: Any, prefix: str = "") -> str:
         if dataclasses.is_dataclass(value):
             nested.append(format_config(value, f"{prefix}{f.name}."))
             continue
-        text = f"{prefix}{f.name} = {value!r}"
+        text = f"{prefix}{f.name} = {redact(value)!r}"
         lines.append(f"{text:<48}  # {helps[f.name]}" if f.name in helps else text)
     return "\n".join(lines + nested)

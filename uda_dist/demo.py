@@ -10,12 +10,12 @@ data.loader.batch_size=4 (in this process, without Ray).
 from __future__ import annotations
 
 import os
-import sys
+import time
 
 import numpy as np
 import torch
 
-from uda_dist.config import ConfigError, apply_overrides, format_config, to_flat_dict
+from uda_dist.config import apply_overrides, format_config, to_flat_dict
 from uda_dist.recipes.synthetic import synthetic_self_training, synthetic_sepico_distcl, synthetic_source_only
 
 DEMO_RECIPES = (synthetic_source_only, synthetic_self_training, synthetic_sepico_distcl)
@@ -25,20 +25,20 @@ PICTURE_IMAGES = 4
 
 
 def main(overrides: list[str], *, print_only: bool = False) -> int:
-    try:
-        configs = _configs(overrides)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    """The demo's runs (ConfigError for a bad override; the caller prints it as one line)."""
+    configs = _configs(overrides)
     if print_only:
         print("\n\n".join(format_config(cfg) for cfg in configs))
         return 0
-    from uda_dist.launch import train_iou
+    from uda_dist.launch import train
     from uda_dist.report import format_iou_table
-    ious = {cfg.name: train_iou(cfg) for cfg in configs}
+    from uda_dist.train import where
+    summaries = [train(cfg) for cfg in configs]
     print("\nTarget validation IoU (%), synthetic benchmark:")
-    print(format_iou_table(ious))
-    picture = _picture(configs)
+    print(format_iou_table({s["name"]: s["iou"] for s in summaries}))
+    for summary in summaries:
+        print(where(summary))
+    picture = _picture(configs, summaries)
     print(f"\nPredictions on target images: {os.path.abspath(picture)}")
     return 0
 
@@ -67,8 +67,9 @@ def _on_workers(cfg):
                                  f"data.loader.batch_size={batch // DEMO_WORKERS}"])
 
 
-def _picture(configs: list) -> str:
-    """Grid of the first target validation images with ground truth and each run's prediction."""
+def _picture(configs: list, summaries: list[dict]) -> str:
+    """Grid of the first target validation images with ground truth and each run's prediction, written as
+    predictions.png in a folder of its own, demo-{date-time}, beside the runs' folders."""
     from uda_dist.data.sources import load_manifest
     from uda_dist.data.webdataset import eval_loader
     from uda_dist.model.segmentor import build_segmentor
@@ -77,12 +78,13 @@ def _picture(configs: list) -> str:
     batch = next(iter(eval_loader(load_manifest(data.val, data.synthetic).urls(), cfg=data.loader)))
     images_B3HW = batch["image"][:PICTURE_IMAGES]
     preds = {}
-    for cfg in configs:
+    for cfg, summary in zip(configs, summaries):
         model = build_segmentor(cfg.model)
-        weights = os.path.join(cfg.output_dir, cfg.name, "student.pt")
-        model.load_state_dict(torch.load(weights, weights_only=True))
+        model.load_state_dict(torch.load(summary["weights"], weights_only=True))
         with torch.no_grad():
             preds[cfg.name] = model.eval().segment(images_B3HW).argmax(1).numpy().astype(np.uint8)
     images = (images_B3HW.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-    path = os.path.join(configs[0].output_dir, "demo_predictions.png")
+    folder = os.path.join(configs[0].output_dir, f"demo-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, "predictions.png")
     return save_prediction_grid(path, images, batch["label"][:PICTURE_IMAGES].numpy().astype(np.uint8), preds)

@@ -15,14 +15,19 @@ summary.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import secrets
 import shutil
 import sys
 import tempfile
 import time
-from typing import Any
+from typing import Any, Iterator
+
+from uda_dist.errors import RunError
+from uda_dist.redact import redact
 
 RESULT_FILES = ("summary.json", "student.pt")
 """What a finished run leaves in {output_dir}/{name} and in its final Ray checkpoint."""
@@ -62,38 +67,120 @@ def launch(cfg: Any, *, callbacks: tuple[Any, ...] = ()) -> dict[str, Any]:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    lc = cfg.launch
-    if lc.workers < 1:
+    if cfg.launch.workers < 1:
         raise ValueError("launch() needs launch.workers >= 1")
+    cfg = prepare(cfg)
     connect()
-    prepare_data(cfg)
-    from uda_dist.tracking import resolve
-
+    check_resources(cfg.launch)
+    lc = cfg.launch
     threads = cfg.train.threads or lc.cpus_per_worker
-    storage = lc.storage_path or os.path.abspath(os.path.join(cfg.output_dir, "ray"))
-    name = run_name(cfg)  # decided once here: the workers' MLflow run is found again by it
-    worker_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=threads),
-                                     launch=dataclasses.replace(lc, run_name=name, storage_path=storage),
-                                     tracking=resolve(cfg.tracking))
+    worker_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=threads))
     trainer = TorchTrainer(
         _worker,
         train_loop_config={"cfg": worker_cfg},
         scaling_config=ScalingConfig(num_workers=lc.workers, use_gpu=lc.use_gpu,
                                      resources_per_worker={"CPU": lc.cpus_per_worker}),
         torch_config=TorchConfig(backend="nccl" if lc.use_gpu else "gloo"),
-        run_config=RunConfig(name=name, storage_path=storage,
+        run_config=RunConfig(name=lc.run_name, storage_path=lc.storage_path,
                              failure_config=FailureConfig(max_failures=lc.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=lc.keep_checkpoints),
                              callbacks=list(callbacks)),
     )
-    result = trainer.fit()
+    with ended_on_error(cfg):
+        result = trainer.fit()
     if result.checkpoint is None:
-        raise RuntimeError(f"run {cfg.name!r} reported no checkpoint")
+        raise RuntimeError(f"run {lc.run_name!r} reported no checkpoint")
     with result.checkpoint.as_directory() as directory:
         with open(os.path.join(directory, "summary.json")) as f:
             summary = json.load(f)
-        _copy_results(directory, os.path.join(cfg.output_dir, cfg.name))
+        _copy_results(directory, output_folder(cfg))
     return summary
+
+
+def train(cfg: Any) -> dict[str, Any]:
+    """Train cfg on cfg.launch.workers Ray Train workers, or in this process when that is 0; return the
+    run's summary (what summary.json holds)."""
+    if cfg.launch.workers:
+        return launch(cfg)
+    from uda_dist.loop import train_loop
+
+    cfg = prepare(cfg)
+    with ended_on_error(cfg):
+        return json.loads(json.dumps(train_loop(cfg).summary(cfg), default=str))
+
+
+def prepare(cfg: Any) -> Any:
+    """What the driver settles before any worker starts, each with a one-line RunError naming the setting
+    when it is wrong: every manifest (generating the synthetic benchmark once here instead of by several
+    workers at once), the model (backbone name, weight files), the tracking store (reachable, experiment
+    made next to it), and the run's name and storage. Returns cfg with those resolved."""
+    from uda_dist.model.segmentor import check_model
+    from uda_dist.tracking import prepare as prepare_tracking
+
+    prepare_data(cfg)
+    check_model(cfg.model)
+    tracking = prepare_tracking(cfg.tracking)
+    lc = cfg.launch
+    storage = lc.storage_path or os.path.abspath(os.path.join(cfg.output_dir, "ray"))
+    # decided once here: the workers' output folder and MLflow run are found again by it
+    launch_cfg = dataclasses.replace(lc, run_name=run_name(cfg), storage_path=storage)
+    return dataclasses.replace(cfg, launch=launch_cfg, tracking=tracking)
+
+
+@contextlib.contextmanager
+def ended_on_error(cfg: Any) -> Iterator[None]:
+    """The run's MLflow run marked KILLED (Ctrl-C, SIGTERM) or FAILED (an error) when training does not end
+    normally, even where its workers were stopped before they could say so (the tracker on rank 0 marks it
+    when it can; this is the driver's word for the other cases)."""
+    try:
+        yield
+    except BaseException as e:
+        from uda_dist.tracking import end_run
+
+        status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
+        with contextlib.suppress(Exception):
+            end_run(cfg.tracking, cfg.launch.run_name, status=status)
+        user = _user_error(e)
+        if user is e:
+            raise
+        raise user from None
+
+
+def _user_error(e: BaseException) -> BaseException:
+    """A worker's own one-line error (RunError, a missing file, malformed data) out of Ray's wrapper, so the
+    command line prints it as it would in one process; any other error as it is."""
+    from uda_dist.data.schema import SchemaError
+    from uda_dist.errors import RunError
+
+    for failure in getattr(e, "worker_failures", {}).values():
+        if isinstance(failure, (RunError, SchemaError, FileNotFoundError)):
+            return failure
+    return e
+
+
+def check_resources(lc: LaunchConfig) -> None:
+    """launch.workers workers of launch.cpus_per_worker CPUs (and a GPU each with launch.use_gpu) must fit on
+    the cluster's nodes: a RunError now instead of Ray retrying forever. An autoscaling cluster that can grow
+    to fit them is waited for, with a line saying what is pending."""
+    import ray
+    from ray._private.state import state
+
+    need = {"CPU": float(lc.cpus_per_worker), **({"GPU": 1.0} if lc.use_gpu else {})}
+    wanted = ", ".join(f"{v:g} {k}" for k, v in need.items())
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    fit = sum(int(min(res.get(key, 0.0) // amount for key, amount in need.items())) for res in nodes)
+    if fit >= lc.workers:
+        return
+    have = ", ".join(f"{sum(res.get(k, 0.0) for res in nodes):g} {k}" for k in need)
+    ceiling = state.get_max_resources_from_cluster_config()  # set on clusters with an autoscaler
+    if ceiling and all(ceiling.get(key, 0) >= amount * lc.workers for key, amount in need.items()):
+        print(f"[launch] waiting for the cluster to grow: {lc.workers} workers of {wanted} each requested, "
+              f"{fit} fit on its {len(nodes)} node(s) now ({have})", file=sys.stderr, flush=True)
+        return
+    raise RunError(f"launch.workers={lc.workers} workers of {wanted} each (launch.cpus_per_worker"
+                   f"{', launch.use_gpu' if lc.use_gpu else ''}) cannot fit on this Ray cluster: its "
+                   f"{len(nodes)} node(s) have {have} and hold {fit} such workers; lower launch.workers or "
+                   f"launch.cpus_per_worker, or add nodes")
 
 
 def connect(**init_kwargs: Any) -> None:
@@ -115,24 +202,20 @@ def connect(**init_kwargs: Any) -> None:
     ray.init(runtime_env={"env_vars": env}, **init_kwargs)
 
 
-def train_iou(cfg: Any) -> list[float]:
-    """Per-class target IoU of cfg, trained on cfg.launch.workers Ray Train workers, or in this process when
-    that is 0."""
-    if cfg.launch.workers:
-        return launch(cfg)["iou"]
-    from uda_dist.loop import train_loop
-    return train_loop(cfg).iou
-
-
 def run_name(cfg: Any) -> str:
-    """launch.run_name, else the `ray job submit` submission id, else a fresh {name}-{date-time}."""
+    """launch.run_name, else the `ray job submit` submission id, else a fresh {name}-{date-time}-{4 hex}."""
     if cfg.launch.run_name:
         return cfg.launch.run_name
     job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}"))
     submission_id = job.get("metadata", {}).get("job_submission_id")
     if submission_id:
         return submission_id
-    return f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+def output_folder(cfg: Any) -> str:
+    """The run's own folder, {output_dir}/{run name}: its weights, summary and pictures, never another's."""
+    return os.path.join(cfg.output_dir, cfg.launch.run_name or cfg.name)
 
 
 def _copy_results(src: str, dst: str) -> None:
@@ -146,8 +229,12 @@ def prepare_data(cfg: Any) -> None:
     benchmark generated once here instead of by several workers at the same time on this machine."""
     from uda_dist.data.sources import load_manifest
 
-    for location in (cfg.data.source, cfg.data.target, cfg.data.val):
-        load_manifest(location, cfg.data.synthetic)
+    for key in ("source", "target", "val"):
+        location = getattr(cfg.data, key)
+        try:
+            load_manifest(location, cfg.data.synthetic)
+        except (RunError, FileNotFoundError) as e:
+            raise RunError(f"data.{key}: {e}") from None
 
 
 def _worker(config: dict[str, Any]) -> None:
@@ -187,7 +274,7 @@ class _RayCheckpointer:
         with tempfile.TemporaryDirectory() as directory:
             save_state(parts, directory, step, history)
             if final is not None and parts.rank == 0:
-                _copy_results(os.path.join(self.cfg.output_dir, self.cfg.name), directory)
+                _copy_results(output_folder(self.cfg), directory)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
                              checkpoint_dir_name=f"step_{step:08d}")
 

@@ -1,10 +1,12 @@
 """The per-worker training loop: build the parts from a RunConfig, train, evaluate, save.
 
-`train_loop(cfg)` is the function Ray Train's workers will call (distributed issue); today it runs in one
-process. It builds its own parts (data streams, student, method, engine), runs cfg.train.iterations steps
-with a progress bar whose loss/speed are synced to the host only at log cadence, evaluates the student on
-the target validation split (confusion matrix on the device, read once per evaluation), and writes the final
-student weights and a summary under {output_dir}/{name}.
+`train_loop(cfg)` is the function Ray Train's workers call (uda_dist.launch), and what a run without Ray
+runs in one process. It builds its own parts (data streams, student, method, engine), runs
+cfg.train.iterations steps with a progress bar whose loss/speed are synced to the host only at log cadence,
+evaluates the student on the target validation split (confusion matrix on the device, read once per
+evaluation), and writes the final student weights and a summary in the run's own folder,
+{output_dir}/{run name}. Before the first step it checks that a step's input batch fits in the memory it
+has, and it prints the first step's start and, after it, its time and peak memory.
 """
 from __future__ import annotations
 
@@ -24,6 +26,10 @@ from tqdm import tqdm
 
 from uda_dist import report
 from uda_dist.config import RunConfig, to_flat_dict
+from uda_dist.errors import RunError
+from uda_dist.launch import output_folder, run_name
+from uda_dist.redact import redact_values
+from uda_dist.safe_load import load_tensors
 from uda_dist.data.schema import CLASSES, IGNORE_INDEX, NUM_CLASSES
 from uda_dist.data.sources import load_manifest
 from uda_dist.data.webdataset import eval_loader, target_loader_config, train_loader
@@ -46,6 +52,16 @@ class RunResult:
     weights: str
     evaluations: list[dict[str, Any]]
     losses: list[dict[str, float]]
+    run_name: str = ""
+    outputs: str = ""
+    """The run's own folder (weights, summary, pictures)."""
+    checkpoints: str = ""
+    """Where its Ray checkpoints are ("" in one process without Ray)."""
+    mlflow_run_id: str = ""
+
+    def summary(self, cfg: RunConfig) -> dict[str, Any]:
+        """What summary.json holds: the resolved config (credentials masked), the classes and this result."""
+        return {"config": redact_values(to_flat_dict(cfg)), "classes": list(CLASSES), **dataclasses.asdict(self)}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -124,6 +140,42 @@ def evaluate(model: torch.nn.Module, loader: Any, *, device: torch.device, max_b
     return collectives.all_reduce_sum_(confusion_KK).cpu().numpy()  # every rank's share, reduced once
 
 
+GIB = 1024 ** 3
+
+
+def check_batch_memory(cfg: RunConfig, device: torch.device) -> None:
+    """A step's source batch (float32 images and int64 labels, times the batches the DataLoader workers keep
+    in flight) must fit in the memory this worker has, or the run stops here with a RunError naming
+    data.loader.batch_size, before anything is allocated. This is a lower bound (the target batch and the
+    model's activations take many times more): the first step prints its start and peak memory."""
+    loader = cfg.data.loader
+    in_flight = 1 + loader.num_workers * 2  # the batch in use and the DataLoader's default prefetch of 2 each
+    needed = loader.batch_size * loader.crop_size[0] * loader.crop_size[1] * (3 * 4 + 8) * in_flight
+    available = _available_memory(device)
+    if needed > available:
+        raise RunError(f"data.loader.batch_size={loader.batch_size} with {loader.crop_size[0]}x{loader.crop_size[1]} "
+                       f"crops needs {needed / GIB:.1f} GiB for one step's source batch alone ({in_flight} in flight) "
+                       f"and this worker has {available / GIB:.1f} GiB available"
+                       f"{' on its GPU' if device.type == 'cuda' else ''}: lower "
+                       f"data.loader.batch_size or data.loader.crop_size")
+
+
+def _available_memory(device: torch.device) -> int:
+    import psutil
+
+    host = psutil.virtual_memory().available
+    return min(host, torch.cuda.mem_get_info(device)[0]) if device.type == "cuda" else host
+
+
+def _peak_memory(device: torch.device) -> str:
+    """This process's peak memory so far: CUDA allocations on a GPU, else the resident set's high-water mark."""
+    import resource
+
+    if device.type == "cuda":
+        return f"{torch.cuda.max_memory_allocated(device) / GIB:.2f} GiB on the GPU"
+    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB:.2f} GiB resident"
+
+
 class _Parts:
     """Everything a run builds from its config."""
 
@@ -194,7 +246,7 @@ def save_state(parts: _Parts, directory: str, step: int, history: dict[str, Any]
     state (EMA teacher, class statistics, memory bank, mixing generator) and the logged history."""
     parts.engine.save(os.path.join(directory, "engine"), tag=ENGINE_TAG)
     streams = {"source": parts.source.state(), "target": parts.target.state() if parts.target else None}
-    rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    rng = {"torch": torch.get_rng_state(), "numpy": _numpy_rng_state(), "python": random.getstate()}
     method_state = parts.method.state_dict()
     own = {key: method_state[key] for key in parts.method.per_rank_state}
     torch.save({"streams": streams, "rng": rng, "method": own}, os.path.join(directory, f"rank{parts.rank}.pt"))
@@ -205,18 +257,31 @@ def save_state(parts: _Parts, directory: str, step: int, history: dict[str, Any]
 def load_state(parts: _Parts, directory: str) -> dict[str, Any]:
     """Inverse of save_state; returns {"step", "history"}. Every rank reads rank 0's run.pt (the method state
     is identical on every rank, except the keys in method.per_rank_state, such as the mixing generator, which
-    each rank restores from its own file)."""
+    each rank restores from its own file). Every file is read with weights_only=True (safe_load): a file
+    that holds anything but tensors and plain values is refused before anything of it runs."""
+    run = load_tensors(os.path.join(directory, "run.pt"))
+    mine = load_tensors(os.path.join(directory, f"rank{parts.rank}.pt"))
     parts.engine.load(os.path.join(directory, "engine"), tag=ENGINE_TAG)
-    run = torch.load(os.path.join(directory, "run.pt"), weights_only=False)
-    mine = torch.load(os.path.join(directory, f"rank{parts.rank}.pt"), weights_only=False)
     parts.method.load_state_dict({**run["method"], **mine["method"]})
     parts.source.restore(mine["streams"]["source"])
     if parts.target is not None:
         parts.target.restore(mine["streams"]["target"])
     torch.set_rng_state(mine["rng"]["torch"])
-    np.random.set_state(mine["rng"]["numpy"])
+    np.random.set_state(_numpy_rng_from(mine["rng"]["numpy"]))
     random.setstate(mine["rng"]["python"])
     return {"step": run["step"], "history": run["history"]}
+
+
+def _numpy_rng_state() -> dict[str, Any]:
+    """numpy's global RNG state as a tensor and plain values (what weights_only=True loads)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+
+
+def _numpy_rng_from(state: dict[str, Any]) -> tuple:
+    return (state["kind"], state["keys"].numpy().astype(np.uint32), state["pos"], state["has_gauss"],
+            state["cached_gaussian"])
 
 
 def train_loop(cfg: RunConfig, *, checkpointer: Checkpointer | None = None) -> RunResult:
@@ -225,25 +290,31 @@ def train_loop(cfg: RunConfig, *, checkpointer: Checkpointer | None = None) -> R
     cfg.train.checkpoint_every steps and at the end."""
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    if not cfg.launch.run_name:  # called directly, not through the launcher: a fresh name, its own folder
+        cfg = dataclasses.replace(cfg, launch=dataclasses.replace(cfg.launch, run_name=run_name(cfg)))
     device = resolve_device(cfg.train.device)
+    check_batch_memory(cfg, device)
     parts = _Parts(cfg, device)
     restored = checkpointer.restore(parts) if checkpointer else None
     first = restored["step"] if restored else 0
     history = restored["history"] if restored else {"evaluations": [], "losses": []}
-    out_dir = os.path.join(cfg.output_dir, cfg.name)
+    out_dir = output_folder(cfg)
     os.makedirs(out_dir, exist_ok=True)
-    tracker = open_tracker(cfg, rank=parts.rank)
+    tracker = open_tracker(cfg, rank=parts.rank, name=cfg.launch.run_name)
+    location = getattr(checkpointer, "location", None)
     try:
         result = _train_and_evaluate(cfg, parts, device, first, history, checkpointer, tracker, out_dir)
+        result.checkpoints, result.mlflow_run_id = location or "", tracker.run_id
+        if parts.rank == 0:
+            _write_summary(out_dir, cfg, result)
         artifacts = _pictures(parts, np.asarray(result.confusion), out_dir, device) if tracker.records else []
-        tracker.finish(artifacts=[os.path.join(out_dir, "summary.json"), *artifacts],
-                       checkpoint=getattr(checkpointer, "location", None))
+        tracker.finish(artifacts=[os.path.join(out_dir, "summary.json"), *artifacts], checkpoint=location)
         if checkpointer:
             # Last: under a sweep the scheduler may end the trial's processes as soon as it has this report.
             checkpointer.save(parts, cfg.train.iterations, history, result,
                               metrics=_progress(cfg.train.iterations, history["evaluations"][-1]))
-    except BaseException:
-        tracker.finish(artifacts=[], checkpoint=None, failed=True)
+    except BaseException as e:
+        tracker.finish(artifacts=[], checkpoint=None, status="KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
         raise
     return result
 
@@ -260,10 +331,10 @@ def _train_and_evaluate(cfg: RunConfig, parts: _Parts, device: torch.device, fir
     weights = os.path.join(out_dir, "student.pt")
     result = RunResult(name=cfg.name, miou=mean_iou(confusion_KK), iou=iou_per_class(confusion_KK).tolist(),
                        confusion=confusion_KK.tolist(), steps=cfg.train.iterations, seconds=seconds,
-                       weights=weights, evaluations=history["evaluations"], losses=history["losses"])
+                       weights=weights, evaluations=history["evaluations"], losses=history["losses"],
+                       run_name=cfg.launch.run_name, outputs=os.path.abspath(out_dir))
     if parts.rank == 0:  # the student is identical on every rank
         torch.save(parts.engine.module.state_dict(), weights)
-        _write_summary(out_dir, cfg, result)
     return result
 
 
@@ -276,10 +347,18 @@ def _train(cfg: RunConfig, parts: _Parts, device: torch.device, first: int, hist
                total=cfg.train.iterations)
     window = _Window(parts, first)
     for step in bar:
+        if step == first and parts.rank == 0:
+            bar.write(f"[{cfg.name}] step {step + 1}: batch {cfg.data.loader.batch_size} per worker "
+                      f"({parts.samples_per_step} in all); memory {_peak_memory(device)} before it, "
+                      f"{_available_memory(device) / GIB:.1f} GiB available")
+            started = time.perf_counter()
         source = _to_device(next(parts.source), device)
         target = _to_device(next(parts.target), device) if parts.target is not None else None
         logged = train_step(parts.engine, parts.method, source, target, step)
         done = step + 1
+        if step == first and parts.rank == 0:
+            bar.write(f"[{cfg.name}] step {done} took {time.perf_counter() - started:.1f} s; peak memory "
+                      f"{_peak_memory(device)}")
         if done % cfg.train.log_every == 0 or done == cfg.train.iterations:
             history["losses"].append(_log(bar, step, logged, parts.engine.lr()) | window.close(done)
                                      | _bad_data_counts(parts.bad_data, device))
@@ -384,6 +463,5 @@ def _evaluation_record(step: int, confusion_KK: np.ndarray) -> dict[str, Any]:
 
 
 def _write_summary(out_dir: str, cfg: RunConfig, result: RunResult) -> None:
-    summary = {"config": to_flat_dict(cfg), "classes": list(CLASSES), **dataclasses.asdict(result)}
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1, default=str)
+        json.dump(result.summary(cfg), f, indent=1, default=str)

@@ -112,4 +112,6 @@ class LocalEngine:
         torch.save(self.state_dict(), os.path.join(directory, f"{tag}.pt"))
 
     def load(self, directory: str, *, tag: str) -> None:
-        self.load_state_dict(torch.load(os.path.join(directory, f"{tag}.pt"), weights_only=False))
+        from uda_dist.safe_load import load_tensors
+
+        self.load_state_dict(load_tensors(os.path.join(directory, f"{tag}.pt")))

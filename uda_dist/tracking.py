@@ -15,7 +15,14 @@ A sweep (tune/) is a parent run (SweepRun) with one nested run per trial (tag ml
 ``tracking.parent_run_id``); ``list_runs`` reads runs back for the comparison command (uda_dist.compare).
 
 Store: ``tracking.uri``; "" means $MLFLOW_TRACKING_URI, else a SQLite file ``mlflow.db`` in the working
-directory of the driver (resolved there, before Ray workers with other working directories start).
+directory of the driver. ``prepare`` runs on the driver before any worker starts: it fixes the store to an
+absolute URI, checks that a tracking server answers (a short timeout, naming tracking.uri when it does not),
+and makes the experiment there, so its artifact location is resolved next to the store (``mlruns/<experiment>``
+beside a SQLite file; the server's own choice for an ``mlflow server``), never in a worker's working
+directory (Ray's session temp folder). Credentials in the URI (``http://user:password@host``) are handed to
+MLflow through ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD`` in the process that talks to the server,
+and MLflow is given the URI without them, so neither the URL MLflow prints nor anything recorded (params,
+config.json, summary.json, tags) carries them (uda_dist.redact).
 """
 from __future__ import annotations
 
@@ -25,12 +32,19 @@ import os
 import subprocess
 import tempfile
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from typing import Any
+
+from uda_dist.errors import RunError
+from uda_dist.redact import redact, redact_values, split_credentials
 
 RUN_NAME_TAG = "uda_dist.run_name"
 PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests runs by
 SWEEP_TAG = "uda_dist.sweep"  # on a sweep's parent run: its search space (params "space.<key>")
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
+HEALTH_TIMEOUT_S = 10.0  # how long prepare() waits for a tracking server's answer
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -52,11 +66,70 @@ def resolve(cfg: TrackingConfig) -> TrackingConfig:
     return dataclasses.replace(cfg, uri=uri)
 
 
-def open_tracker(cfg: Any, *, rank: int) -> NullTracker:
-    """An MLflow tracker for the run on rank 0 when tracking is enabled, else a NullTracker."""
+def prepare(cfg: TrackingConfig) -> TrackingConfig:
+    """On the driver, before any worker starts: the resolved config, its server checked and its experiment
+    made (artifacts next to the store). Raises RunError naming tracking.uri when the store cannot be used."""
+    resolved = resolve(cfg)
+    if not resolved.enabled:
+        return resolved
+    _check_server(resolved.uri)
+    try:
+        _experiment_id(client(resolved.uri), resolved)
+    except Exception as e:  # noqa: BLE001 - any MLflow/store failure becomes one line naming the setting
+        raise RunError(f"tracking.uri {redact(resolved.uri)}: {_first_line(e)} (or set tracking.enabled=false)") from None
+    return resolved
+
+
+def client(uri: str) -> Any:
+    """An MlflowClient for ``uri``; credentials in it go to MLflow's environment variables, not its URL."""
+    from mlflow.tracking import MlflowClient
+
+    plain, user, password = split_credentials(uri)
+    if user is not None:
+        os.environ["MLFLOW_TRACKING_USERNAME"] = user
+    if password is not None:
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = password
+    return MlflowClient(tracking_uri=plain)
+
+
+def end_run(cfg: TrackingConfig, name: str, *, status: str) -> None:
+    """The run named ``name`` set to ``status`` (FAILED or KILLED) if it is still RUNNING: the driver's word
+    for a run whose workers were stopped before they could say it themselves."""
+    if not cfg.enabled:
+        return
+    mlflow_client = client(cfg.uri)
+    run_id = _find(mlflow_client, cfg.experiment, name)
+    if run_id and mlflow_client.get_run(run_id).info.status == "RUNNING":
+        mlflow_client.set_terminated(run_id, status=status)
+
+
+def _check_server(uri: str) -> None:
+    """An http(s) store must answer /health within HEALTH_TIMEOUT_S (MLflow's own client retries a refused
+    connection for minutes)."""
+    plain, _, _ = split_credentials(uri)
+    if urllib.parse.urlsplit(plain).scheme not in ("http", "https"):
+        return
+    try:
+        urllib.request.urlopen(plain.rstrip("/") + "/health", timeout=HEALTH_TIMEOUT_S).close()
+    except urllib.error.HTTPError:
+        return  # something answered; the experiment look-up says whether it is an MLflow server
+    except (OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        raise RunError(f"tracking.uri {redact(uri)}: no tracking server answered within {HEALTH_TIMEOUT_S:.0f} s "
+                       f"({redact(str(reason))}); start it, fix tracking.uri / MLFLOW_TRACKING_URI, or set "
+                       f"tracking.enabled=false") from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return redact(text[0] if text else type(error).__name__)
+
+
+def open_tracker(cfg: Any, *, rank: int, name: str) -> NullTracker:
+    """An MLflow tracker for the run named ``name`` on rank 0 when tracking is enabled, else a NullTracker."""
     if rank != 0 or not cfg.tracking.enabled:
         return NullTracker()
-    return MlflowTracker(cfg)
+    return MlflowTracker(cfg, name)
 
 
 class NullTracker:
@@ -72,7 +145,7 @@ class NullTracker:
 
     def log_artifacts(self, paths: list[str]) -> None: ...
 
-    def finish(self, *, artifacts: list[str], checkpoint: str | None, failed: bool = False) -> None: ...
+    def finish(self, *, artifacts: list[str], checkpoint: str | None, status: str = "FINISHED") -> None: ...
 
 
 class MlflowTracker(NullTracker):
@@ -80,20 +153,18 @@ class MlflowTracker(NullTracker):
 
     records = True
 
-    def __init__(self, cfg: Any):
-        from mlflow.tracking import MlflowClient
-
+    def __init__(self, cfg: Any, name: str):
         from uda_dist.config import to_flat_dict
 
         tracking = resolve(cfg.tracking)
-        self.client = MlflowClient(tracking_uri=tracking.uri)
-        name = cfg.launch.run_name or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        self.client = client(tracking.uri)
         tags = {"recipe": cfg.name, "git_commit": _git_commit(),
                 **({PARENT_TAG: tracking.parent_run_id} if tracking.parent_run_id else {})}
-        self.run_id, made = _find_or_create(self.client, tracking.experiment, name, tags)
+        self.run_id, made = _find_or_create(self.client, tracking, name, tags)
         if made:
-            _log_params(self.client, self.run_id, to_flat_dict(cfg))
-            self._log_json("config.json", to_flat_dict(cfg))
+            flat = redact_values(to_flat_dict(cfg))
+            _log_params(self.client, self.run_id, flat)
+            self._log_json("config.json", flat)
 
     def log_history(self, entry: dict[str, Any]) -> None:
         """One log step of the history: every numeric value but the step itself, at that step."""
@@ -113,11 +184,13 @@ class MlflowTracker(NullTracker):
         """Files as run artifacts, replacing earlier ones of the same name."""
         _log_artifacts(self.client, self.run_id, paths)
 
-    def finish(self, *, artifacts: list[str], checkpoint: str | None, failed: bool = False) -> None:
+    def finish(self, *, artifacts: list[str], checkpoint: str | None, status: str = "FINISHED") -> None:
+        """Artifacts, the checkpoint location, and the run's end: FINISHED, FAILED (an error) or KILLED
+        (Ctrl-C, SIGTERM)."""
         self.log_artifacts(artifacts)
         if checkpoint:
-            self.client.set_tag(self.run_id, "checkpoint", checkpoint)
-        self.client.set_terminated(self.run_id, status="FAILED" if failed else "FINISHED")
+            self.client.set_tag(self.run_id, "checkpoint", redact(checkpoint))
+        self.client.set_terminated(self.run_id, status=status)
 
     def _log_json(self, name: str, value: Any) -> None:
         with tempfile.TemporaryDirectory() as directory:
@@ -132,15 +205,13 @@ class SweepRun:
     trials' runs are nested under it (their tracking.parent_run_id is ``run_id``)."""
 
     def __init__(self, tracking: TrackingConfig, name: str, *, recipe: str, params: dict[str, Any]):
-        from mlflow.tracking import MlflowClient
-
-        self.client = MlflowClient(tracking_uri=tracking.uri)
+        self.client = client(tracking.uri)
         self.experiment = tracking.experiment
         space = " ".join(f"{k.removeprefix('space.')}={v}" for k, v in params.items() if k.startswith("space."))
         tags = {"recipe": recipe, "git_commit": _git_commit(), SWEEP_TAG: space}
-        self.run_id, made = _find_or_create(self.client, tracking.experiment, name, tags)
+        self.run_id, made = _find_or_create(self.client, tracking, name, tags)
         if made:
-            _log_params(self.client, self.run_id, params)
+            _log_params(self.client, self.run_id, redact_values(params))
 
     def mark_stopped(self, names: list[str]) -> None:
         """The runs of the trials named here, ended by the sweep's scheduler (their processes killed), set
@@ -152,7 +223,7 @@ class SweepRun:
                 self.client.set_terminated(run_id, status="KILLED")
 
     def finish(self, *, metrics: dict[str, float], tags: dict[str, str], artifacts: list[str],
-               failed: bool = False) -> None:
+               status: str = "FINISHED") -> None:
         """The best trial's metrics and tags, the sweep's table and plot."""
         from mlflow.entities import Metric
 
@@ -161,29 +232,27 @@ class SweepRun:
         for key, value in tags.items():
             self.client.set_tag(self.run_id, key, value)
         _log_artifacts(self.client, self.run_id, artifacts)
-        self.client.set_terminated(self.run_id, status="FAILED" if failed else "FINISHED")
+        self.client.set_terminated(self.run_id, status=status)
 
 
 def list_runs(tracking: TrackingConfig, *, parent: str = "") -> list[dict[str, Any]]:
     """The runs of tracking.experiment as plain dicts {name, run_id, status, params, metrics, tags}, oldest
     first; with ``parent`` (a sweep's run name) only the runs nested under that sweep; sweep parent runs
     themselves are left out."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking.uri)
-    experiment = client.get_experiment_by_name(tracking.experiment)
+    mlflow_client = client(tracking.uri)
+    experiment = mlflow_client.get_experiment_by_name(tracking.experiment)
     if experiment is None:
-        raise LookupError(f"no MLflow experiment {tracking.experiment!r} in {tracking.uri}")
+        raise LookupError(f"no MLflow experiment {tracking.experiment!r} in {redact(tracking.uri)}")
     filters = []
     if parent:
-        parent_id = _find(client, tracking.experiment, parent)
+        parent_id = _find(mlflow_client, tracking.experiment, parent)
         if not parent_id:
             raise LookupError(f"no sweep run {parent!r} in experiment {tracking.experiment!r}")
         filters.append(f"tags.`{PARENT_TAG}` = '{parent_id}'")
     runs = []
     page_token = None
     while True:
-        page = client.search_runs([experiment.experiment_id], filter_string=" and ".join(filters),
+        page = mlflow_client.search_runs([experiment.experiment_id], filter_string=" and ".join(filters),
                                   order_by=["attributes.start_time ASC"], page_token=page_token)
         runs += [r for r in page if SWEEP_TAG not in r.data.tags]
         page_token = page.token
@@ -204,17 +273,33 @@ def _find(client: Any, experiment_name: str, name: str) -> str:
     return found[0].info.run_id if found else ""
 
 
-def _find_or_create(client: Any, experiment_name: str, name: str, tags: dict[str, str]) -> tuple[str, bool]:
+def _find_or_create(client: Any, tracking: TrackingConfig, name: str, tags: dict[str, str]) -> tuple[str, bool]:
     """(run id, made now): the run named ``name`` set RUNNING again, or a new one with ``tags`` (the
     experiment made if missing)."""
-    run_id = _find(client, experiment_name, name)
+    run_id = _find(client, tracking.experiment, name)
     if run_id:
         client.update_run(run_id, status="RUNNING")
         return run_id, False
-    experiment = client.get_experiment_by_name(experiment_name)
-    experiment_id = (experiment.experiment_id if experiment is not None
-                     else client.create_experiment(experiment_name))
+    experiment_id = _experiment_id(client, tracking)
     return client.create_run(experiment_id, run_name=name, tags={RUN_NAME_TAG: name, **tags}).info.run_id, True
+
+
+def _experiment_id(client: Any, tracking: TrackingConfig) -> str:
+    """The experiment's id, made if missing with its artifacts next to the store."""
+    experiment = client.get_experiment_by_name(tracking.experiment)
+    if experiment is not None:
+        return experiment.experiment_id
+    return client.create_experiment(tracking.experiment, artifact_location=artifact_location(tracking))
+
+
+def artifact_location(tracking: TrackingConfig) -> str | None:
+    """Where a new experiment's artifacts go: ``mlruns/<experiment>`` beside a SQLite store's file; None (the
+    store's own choice: an `mlflow server`'s artifact root) otherwise. MLflow's default for a database store,
+    ./mlruns of the process that makes the experiment, is a Ray worker's temp folder when a worker makes it."""
+    if not tracking.uri.startswith("sqlite:///"):
+        return None
+    folder = os.path.dirname(os.path.abspath(tracking.uri[len("sqlite:///"):]))
+    return os.path.join(folder, "mlruns", urllib.parse.quote(tracking.experiment, safe=""))
 
 
 def _log_artifacts(client: Any, run_id: str, paths: list[str]) -> None:

@@ -9,6 +9,7 @@ import argparse
 import sys
 
 from uda_dist.config import ConfigError, apply_overrides, format_config
+from uda_dist.errors import run_cli
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -25,6 +26,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    return run_cli(lambda: _main(args))
+
+
+def _main(args: argparse.Namespace) -> int:
     from uda_dist.recipes import all_recipes
     recipes = all_recipes()
     if args.list_recipes:
@@ -35,27 +40,31 @@ def main(argv: list[str] | None = None) -> int:
         from uda_dist import demo
         return demo.main(args.overrides, print_only=args.print_config)
     if args.recipe not in recipes:
-        print(f"error: unknown recipe {args.recipe!r}; valid: {', '.join(sorted(recipes))}", file=sys.stderr)
-        return 2
-    try:
-        overrides = args.overrides + ([f"launch.run_name={args.run_name}"] if args.run_name else [])
-        cfg = apply_overrides(recipes[args.recipe](), overrides)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise ConfigError(f"unknown recipe {args.recipe!r}; valid: {', '.join(sorted(recipes))}")
+    overrides = args.overrides + ([f"launch.run_name={args.run_name}"] if args.run_name else [])
+    cfg = apply_overrides(recipes[args.recipe](), overrides)
     if args.print_config:
         print(format_config(cfg))
         return 0
-    from uda_dist.data.schema import SchemaError
-    from uda_dist.launch import train_iou
+    from uda_dist.launch import train
     from uda_dist.report import format_iou_table
-    try:
-        iou = train_iou(cfg)
-    except (FileNotFoundError, SchemaError) as e:  # missing manifests/weights, malformed shards: no traceback
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(format_iou_table({cfg.name: iou}))
+    summary = train(cfg)
+    print(format_iou_table({cfg.name: summary["iou"]}))
+    print(where(summary))
     return 0
+
+
+def where(summary: dict) -> str:
+    """Where a finished run's outputs, checkpoints and MLflow run are (the summary's config has its
+    credentials masked)."""
+    config = summary["config"]
+    lines = [f"run {summary['run_name']}", f"  outputs:     {summary['outputs']}"]
+    if summary.get("checkpoints"):
+        lines.append(f"  checkpoints: {summary['checkpoints']}")
+    if summary.get("mlflow_run_id"):
+        lines.append(f"  MLflow:      run {summary['mlflow_run_id']} in experiment "
+                     f"{config['tracking.experiment']!r} at {config['tracking.uri']}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Ray Train V2 workers running DeepSpeed engines (gloo on CPU), on a local Ray started by the tests."""
 import dataclasses
+import glob
 import json
 import os
 import sys
@@ -88,7 +89,8 @@ def test_launcher_trains_two_deepspeed_workers(local_ray, tiny_data_dir, tmp_pat
     losses = [entry["loss"] for entry in summary["losses"]]
     assert len(losses) == 10 and sum(losses[-3:]) < sum(losses[:3])
     assert 0.0 <= summary["miou"] <= 1.0 and summary["config"]["engine.zero_stage"] == zero_stage
-    assert os.path.isfile(tmp_path / f"zero{zero_stage}" / "student.pt")
+    assert summary["outputs"].startswith(str(tmp_path / "zero")) and os.path.isfile(tmp_path / summary["run_name"]
+                                                                                     / "student.pt")
 
 
 def test_demo_trains_its_runs_on_two_workers(local_ray, tiny_data_dir, tmp_path, capsys):
@@ -101,10 +103,11 @@ def test_demo_trains_its_runs_on_two_workers(local_ray, tiny_data_dir, tmp_path,
     out = capsys.readouterr().out
     for name in ("synthetic_source_only", "synthetic_self_training", "synthetic_sepico_distcl"):
         assert name in out
-        with open(tmp_path / name / "summary.json") as f:
+        [folder] = glob.glob(str(tmp_path / f"{name}-*"))
+        with open(os.path.join(folder, "summary.json")) as f:
             summary = json.load(f)
         assert summary["config"]["launch.workers"] == 2 and summary["steps"] == 3
-    assert os.path.isfile(tmp_path / "demo_predictions.png")
+    assert len(glob.glob(str(tmp_path / "demo-*" / "predictions.png"))) == 1
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -171,13 +174,19 @@ def test_relaunch_with_the_same_name_resumes(local_ray, tiny_data_dir, tmp_path)
     cfg = apply_overrides(cfg, ["tracking.enabled=true", f"tracking.uri={store}"])
     with pytest.raises(Exception):
         launch(cfg)  # rank 1 dies at step 7, no retries: the run fails with its checkpoint at step 5
+    client = MlflowClient(tracking_uri=store)
+    [failed] = client.search_runs([client.get_experiment_by_name("uda_dist").experiment_id])
+    assert failed.info.status == "FAILED"  # the driver's word: the dead worker could not say it (was RUNNING)
     summary = launch(cfg)  # a new driver, the same run name
     first, second = _attempts(tmp_path / "rank0.steps")
     assert first[0] == 0 and second == list(range(5, 10))
     assert summary["steps"] == 10 and len(summary["losses"]) == 10
-    client = MlflowClient(tracking_uri=store)
-    [run] = client.search_runs([client.get_experiment_by_name("uda_dist").experiment_id])
+    experiment = client.get_experiment_by_name("uda_dist")
+    [run] = client.search_runs([experiment.experiment_id])
     assert run.info.status == "FINISHED" and run.data.tags["uda_dist.run_name"] == "relaunch"
+    # Regression: the experiment made by a Ray worker had its artifacts in the worker's temp folder
+    assert experiment.artifact_location == str(tmp_path / "mlruns" / "uda_dist")
+    assert "summary.json" in os.listdir(tmp_path / "mlruns" / "uda_dist" / run.info.run_id / "artifacts")
     assert max(m.step for m in client.get_metric_history(run.info.run_id, "loss")) == 10
     assert run.data.tags["checkpoint"].endswith("/relaunch")
     # exact resume: the same losses and result as a run that was never interrupted
@@ -187,6 +196,51 @@ def test_relaunch_with_the_same_name_resumes(local_ray, tiny_data_dir, tmp_path)
     expected = launch(straight)
     assert [e["loss"] for e in summary["losses"]] == [e["loss"] for e in expected["losses"]]
     assert summary["confusion"] == expected["confusion"]
+
+
+def test_credentials_in_the_tracking_uri_are_recorded_nowhere(local_ray, mlflow_server, tiny_data_dir, tmp_path,
+                                                             tmp_path_factory, capfd):
+    """Regression: a password in the tracking URI reached the MLflow params, config.json, summary.json, the
+    console and the Ray worker log. It now reaches MLflow only as credentials."""
+    from mlflow.tracking import MlflowClient
+
+    secret = f"pw-{os.urandom(6).hex()}"
+    uri = mlflow_server.replace("http://", f"http://alice:{secret}@")
+    cfg = apply_overrides(synthetic_source_only(), tiny_overrides(tiny_data_dir, str(tmp_path)) + [
+        "train.iterations=2", "train.log_every=1", "launch.workers=2", "tracking.enabled=true",
+        f"tracking.uri={uri}", "tracking.experiment=secrets", "launch.run_name=secretive"])
+    summary = launch(cfg)
+    captured = capfd.readouterr()
+    assert summary["config"]["tracking.uri"] == mlflow_server.replace("http://", "http://***@")
+    client = MlflowClient(tracking_uri=mlflow_server)
+    [run] = client.search_runs([client.get_experiment_by_name("secrets").experiment_id])
+    assert run.data.params["tracking.uri"] == summary["config"]["tracking.uri"]
+    session = ray._private.worker._global_node.get_session_dir_path()
+    time.sleep(2)  # Ray's log monitor flushes the workers' output every second or so
+    leaks = [path for root in (str(tmp_path_factory.getbasetemp()), session)
+             for path in _files(root) if secret.encode() in open(path, "rb").read()]
+    assert leaks == [] and secret not in captured.out + captured.err
+
+
+def _files(root):
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(folder, name)
+            if os.path.isfile(path) and not os.path.islink(path):
+                yield path
+
+
+def test_more_workers_than_the_cluster_holds_fail_at_once(local_ray, tiny_data_dir, tmp_path):
+    """Regression: launch.workers=64 on a 4-CPU Ray retried forever."""
+    from uda_dist.errors import RunError
+
+    base = apply_overrides(synthetic_source_only(), tiny_overrides(tiny_data_dir, str(tmp_path)))
+    start = time.monotonic()
+    with pytest.raises(RunError, match=r"launch.workers=64 workers of 1 CPU each .* cannot fit .* 4 CPU"):
+        launch(apply_overrides(base, ["launch.workers=64"]))
+    with pytest.raises(RunError, match=r"launch.workers=1 workers of 1 CPU, 1 GPU each .* 0 GPU"):
+        launch(apply_overrides(base, ["launch.workers=1", "launch.use_gpu=true"]))
+    assert time.monotonic() - start < 60
 
 
 def test_checkpoints_in_s3_storage_resume(local_ray, tiny_data_dir, tmp_path):

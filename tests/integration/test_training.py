@@ -1,4 +1,5 @@
 """Short end-to-end runs in one process: the loss falls, self-training runs its full step, outputs exist."""
+import glob
 import json
 import os
 
@@ -21,8 +22,22 @@ def test_source_only_loss_falls(tiny_config):
     assert len(losses) == 8
     assert np.mean(losses[-2:]) < 0.7 * losses[0], losses
     assert 0.0 <= result.miou <= 1.0
-    summary = json.load(open(os.path.join(tiny_config.output_dir, tiny_config.name, "summary.json")))
+    summary = json.load(open(os.path.join(result.outputs, "summary.json")))
     assert summary["config"]["train.iterations"] == 40 and len(summary["iou"]) == 19
+    assert os.path.dirname(result.outputs) == os.path.abspath(tiny_config.output_dir)
+
+
+def test_each_run_has_its_own_output_folder(tiny_data_dir, tmp_path):
+    """Regression: every run of a recipe wrote to {output_dir}/{recipe name}, so a second run left the first
+    run's pictures beside its own weights. Now each run has {output_dir}/{run name}."""
+    cfg = apply_overrides(synthetic_self_training(), tiny_overrides(tiny_data_dir, str(tmp_path)) +
+                          ["train.iterations=2", "train.log_every=1"])
+    first, second = train_loop(cfg), train_loop(cfg)
+    assert first.outputs != second.outputs and first.run_name != second.run_name
+    assert sorted(os.listdir(tmp_path)) == sorted([first.run_name, second.run_name])
+    named = train_loop(apply_overrides(cfg, ["launch.run_name=mine"]))
+    assert named.outputs == os.path.join(tmp_path, "mine") and os.path.isfile(os.path.join(named.outputs,
+                                                                                         "student.pt"))
 
 
 def test_self_training_runs_teacher_and_mix(tiny_data_dir, tmp_path):
@@ -42,8 +57,11 @@ def test_demo_in_process_prints_table_and_writes_picture(tiny_data_dir, tmp_path
     out = capsys.readouterr().out
     for name in ("synthetic_source_only", "synthetic_self_training", "synthetic_sepico_distcl", "mIoU"):
         assert name in out
-    picture = os.path.join(tmp_path, "demo_predictions.png")
-    assert os.path.isfile(picture) and picture in out
+    [picture] = glob.glob(os.path.join(tmp_path, "demo-*", "predictions.png"))
+    assert picture in out
+    for name in ("synthetic_source_only", "synthetic_self_training", "synthetic_sepico_distcl"):
+        [folder] = glob.glob(os.path.join(tmp_path, f"{name}-*"))
+        assert f"outputs:     {folder}" in out and os.path.isfile(os.path.join(folder, "student.pt"))
 
 
 def damaged_copy(manifest_path: str, out_dir) -> str:

@@ -39,7 +39,7 @@ from typing import Any
 
 CHUNK = 1 << 20  # bytes per read from the network, and the read buffer's size
 MAX_RESUMES = 8  # Range re-GETs in a row (without progress) before a stream gives up
-_clients: dict[tuple[int, str | None], Any] = {}
+_clients: dict[tuple[int, str | None, bool], Any] = {}
 _lock = threading.Lock()
 
 
@@ -53,20 +53,34 @@ def split_url(url: str) -> tuple[str, str]:
     return bucket, key
 
 
-def client() -> Any:
+def client(*, probe: bool = False) -> Any:
     """This process's S3 client (made on first use; endpoint and credentials from the AWS environment). A new
-    one is made when AWS_ENDPOINT_URL_S3 has changed since: a client keeps the endpoint it was made with."""
-    owner = (os.getpid(), os.environ.get("AWS_ENDPOINT_URL_S3"))
+    one is made when AWS_ENDPOINT_URL_S3 has changed since: a client keeps the endpoint it was made with.
+    ``probe``: a client that gives up within seconds (3 attempts, 5 s to connect), for checks made before a
+    run starts, where an unreachable endpoint must be an error now rather than after minutes of retries."""
+    owner = (os.getpid(), os.environ.get("AWS_ENDPOINT_URL_S3"), probe)
     with _lock:
         if owner not in _clients:
             import boto3
             import botocore.config
 
-            config = botocore.config.Config(retries={"mode": "standard", "max_attempts": 10},
-                                            max_pool_connections=32, connect_timeout=10, read_timeout=60)
-            _clients.clear()  # a parent's client is never used in a forked child, nor an old endpoint's
+            if probe:
+                config = botocore.config.Config(retries={"mode": "standard", "max_attempts": 3},
+                                                connect_timeout=5, read_timeout=20)
+            else:
+                config = botocore.config.Config(retries={"mode": "standard", "max_attempts": 10},
+                                                max_pool_connections=32, connect_timeout=10, read_timeout=60)
+            for old in [key for key in _clients if key[:2] != owner[:2]]:
+                del _clients[old]  # a parent's client is never used in a forked child, nor an old endpoint's
             _clients[owner] = boto3.session.Session().client("s3", config=config)
         return _clients[owner]
+
+
+def endpoint() -> str:
+    """The S3 endpoint in use, for messages (credentials masked)."""
+    from uda_dist.redact import redact
+
+    return redact(os.environ.get("AWS_ENDPOINT_URL_S3") or "AWS S3 (no AWS_ENDPOINT_URL_S3)")
 
 
 class S3Stream(io.RawIOBase):
@@ -198,15 +212,26 @@ def write_bytes(url: str, data: bytes) -> None:
 
 
 def exists(url: str) -> bool:
+    """Whether the object is there, asked with the probe client: RunError naming the endpoint when it cannot
+    be reached or refuses the request (credentials, permissions, a missing bucket)."""
     import botocore.exceptions
+
+    from uda_dist.errors import RunError
 
     bucket, key = split_url(url)
     try:
-        client().head_object(Bucket=bucket, Key=key)
+        client(probe=True).head_object(Bucket=bucket, Key=key)
     except botocore.exceptions.ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+        code = exc.response.get("Error", {}).get("Code")
+        if code in ("404", "NoSuchKey", "NotFound"):
             return False
-        raise
+        raise RunError(f"the S3 endpoint {endpoint()} refused HEAD {url}: {code} "
+                       f"({exc.response.get('Error', {}).get('Message') or 'no message'})") from None
+    except (botocore.exceptions.BotoCoreError, OSError) as exc:
+        from uda_dist.redact import redact
+
+        reason = redact(str(exc)).split(": ")[0]  # botocore's sentence, without the URL it repeats
+        raise RunError(f"cannot reach the S3 endpoint {endpoint()} for {url}: {reason}") from None
     return True
 
 

@@ -21,12 +21,15 @@ What it provides, and what differs on purpose from the reference code:
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import logging
 import os
 from collections.abc import Iterator, Mapping
 
 import torch
 from torch import nn
+
+from uda_dist import safe_load
 
 from uda_dist._compat import ensure_torchvision_importable
 
@@ -71,10 +74,17 @@ class Backbone(nn.Module):
         return [feat_BChw.contiguous(memory_format=fmt) for feat_BChw in self.model(image_B3HW)]
 
 
+def check_backbone_name(name: str) -> None:
+    """ValueError naming the closest timm models when ``name`` is not one."""
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+        hint = f"close matches: {', '.join(close)}" if close else "see timm.list_models()"
+        raise ValueError(f"unknown timm model {name!r} for model.backbone ({hint})")
+
+
 def _create_features_model(name: str, *, output_stride: int, drop_path: float) -> nn.Module:
     """timm.create_model(features_only) with clear errors for unsupported names / strides / drop path."""
-    if not timm.is_model(name):
-        raise ValueError(f"unknown timm model {name!r} (see timm.list_models())")
+    check_backbone_name(name)
     kwargs: dict = {}
     if output_stride != 32:
         kwargs["output_stride"] = output_stride
@@ -125,7 +135,7 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
             raise ImportError(f"reading {path!r} needs the safetensors package") from err
         obj: object = load_file(path, device="cpu")
     elif path.endswith((".pth", ".pt", ".bin", ".ckpt")):
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = safe_load.load_tensors(path)
     else:
         raise ValueError(f"pretrained weight file {path!r}: expected .pth, .pt, .bin, .ckpt or .safetensors")
     for key in ("state_dict", "model"):

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from uda_dist.model.backbone import Backbone, LoadReport, load_backbone_weights
+from uda_dist.safe_load import load_tensors
 from uda_dist.model.heads import DAFormerHead, DeepLabV2Head, ProjectionHead
 
 HEADS = ("daformer", "deeplabv2")
@@ -198,7 +199,10 @@ def load_model_weights(model: nn.Module, path: str, *, fresh_prefixes: tuple[str
     if not os.path.isfile(path):
         raise FileNotFoundError(f"model.init_weights {path!r} does not exist (a student.pt written by an earlier "
                                 f"run: outputs/<name>/student.pt)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_tensors(path)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"not a checkpoint: {path} (model.init_weights must be a state dict of tensors, such as "
+                         f"a run's student.pt)")
     own = model.state_dict()
     unexpected = sorted(set(state) - set(own))
     misshaped = sorted(k for k in set(state) & set(own) if state[k].shape != own[k].shape)
@@ -207,6 +211,24 @@ def load_model_weights(model: nn.Module, path: str, *, fresh_prefixes: tuple[str
         raise ValueError(f"model.init_weights {path!r} does not fit this model: unexpected {unexpected[:5]}, "
                          f"different shape {misshaped[:5]}, missing {missing[:5]}")
     model.load_state_dict(state, strict=False)
+
+
+def check_model(cfg: ModelConfig) -> None:
+    """What the driver checks before any worker builds the model: the backbone is a timm model and the weight
+    files are checkpoints (RunError naming the setting otherwise)."""
+    from uda_dist.errors import RunError
+    from uda_dist.model.backbone import check_backbone_name, read_state_dict
+
+    try:
+        check_backbone_name(cfg.backbone)
+        if cfg.pretrained:
+            read_state_dict(cfg.pretrained)
+        if cfg.init_weights:
+            if not os.path.isfile(cfg.init_weights):
+                raise ValueError(f"model.init_weights {cfg.init_weights!r} does not exist")
+            load_tensors(cfg.init_weights)
+    except ValueError as e:
+        raise RunError(str(e)) from None
 
 
 def build_segmentor(cfg: ModelConfig) -> Segmentor:

@@ -1,0 +1,58 @@
+"""The errors a user fixes by changing the run's inputs or its environment, and how a command reports them:
+one line, no traceback (``run_cli``)."""
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+
+class RunError(RuntimeError):
+    """The run cannot start or go on because of what it was given: a setting naming something that is not
+    there or not reachable (a tracking server, an S3 endpoint, a weight file), a cluster too small for the
+    request, a batch too large for the memory. The message is one line that names the setting to change;
+    the command line prints it without a traceback."""
+
+
+class CheckpointError(RunError, ValueError):
+    """A file that should hold tensors (a weight file, a checkpoint) does not, or holds code."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``ray job stop``, a scheduler ending the job), raised where Ctrl-C would be, so the run ends
+    the same way: marked KILLED, nothing partial left looking complete."""
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The errors whose message is all a user needs (no traceback): bad config, bad inputs, missing files."""
+    from uda_dist.config import ConfigError
+    from uda_dist.data.schema import SchemaError
+
+    return (ConfigError, RunError, SchemaError, FileNotFoundError)
+
+
+def run_cli(main: Callable[[], int]) -> int:
+    """A command's ``main()`` with its user errors printed as one line (exit status 2), Ctrl-C (130) and
+    SIGTERM (143) as one line each; any other error keeps its traceback (a bug to report)."""
+    from uda_dist.redact import redact
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminated)
+    try:
+        return main()
+    except user_errors() as e:
+        lines = str(e).strip().splitlines() or [type(e).__name__]
+        print(f"error: {redact(lines[0])}", file=sys.stderr)
+        return 2
+    except Terminated:
+        print("stopped: SIGTERM", file=sys.stderr)
+        return 143
+    except KeyboardInterrupt:
+        print("stopped: interrupted", file=sys.stderr)
+        return 130
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
