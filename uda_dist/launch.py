@@ -11,7 +11,15 @@ Ray 2.60 runs Ray Train V2. ``launch(cfg)`` builds a TorchTrainer over ``_worker
 It connects to the cluster named by RAY_ADDRESS (what ``ray job submit`` sets) and starts a local Ray
 otherwise. The workers report {"step", "val.miou"} at every evaluation (with a checkpoint when one is due);
 the final report's checkpoint also holds the run's summary.json and student.pt; ``launch`` returns the
-summary.
+summary and copies those files to the run's own folder, {output_dir}/{run name}.
+
+Before any worker starts, ``prepare`` checks on the driver what a run would otherwise find out late or
+never (manifests, S3 endpoint, backbone name, weight files, tracking server; then ``check_resources``: the
+workers must fit on the cluster's nodes) and raises a one-line RunError naming the setting. A run that ends
+by an error, Ctrl-C or SIGTERM is marked FAILED or KILLED in MLflow by the driver too (``ended_on_error``),
+since dead workers cannot say it, and a worker's own one-line error comes back out of Ray's wrapper.
+``train(cfg)`` is the one entry for the command line and the demo: Ray workers, or this process when
+launch.workers is 0.
 """
 from __future__ import annotations
 
@@ -183,9 +191,10 @@ def check_resources(lc: LaunchConfig) -> None:
                    f"launch.cpus_per_worker, or add nodes")
 
 
-def connect(**init_kwargs: Any) -> None:
-    """Join the Ray cluster named by RAY_ADDRESS (what `ray job submit` sets), else start a local Ray
-    (``init_kwargs`` go to ray.init then); nothing when Ray is already initialised (a Tune trial)."""
+def connect(*, env: dict[str, str] | None = None, **init_kwargs: Any) -> None:
+    """Join the Ray cluster named by RAY_ADDRESS (what `ray job submit` sets), else start a local Ray that
+    listens on loopback only (``env``: more environment variables for its workers; ``init_kwargs`` go to
+    ray.init); nothing when Ray is already initialised (a Tune trial)."""
     import ray
 
     if ray.is_initialized():
@@ -198,8 +207,21 @@ def connect(**init_kwargs: Any) -> None:
     # A local Ray. The workers get this interpreter's bin directory first on PATH so that DeepSpeed's JIT ops
     # are built by the same ninja as in a shell with the venv, and its cache is not rebuilt (cluster/local.sh
     # does the same for the nodes it starts).
-    env = {"PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
-    ray.init(runtime_env={"env_vars": env}, **init_kwargs)
+    env = {"PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""), **(env or {})}
+    _loopback_only()
+    ray.init(runtime_env={"env_vars": env}, _node_ip_address="127.0.0.1", **init_kwargs)
+
+
+def _loopback_only() -> None:
+    """Ray binds its servers (GCS, raylet, object manager, workers, agents, metrics) to 127.0.0.1 only when
+    the node IP is 127.0.0.1, and replaces that IP by the machine's routable one unless
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (on Linux that flag does nothing else for a one-node Ray). It is read
+    when ray is imported, so the constant it set is changed too (the environment variable is for the
+    processes Ray starts)."""
+    from ray._private import ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def run_name(cfg: Any) -> str:

@@ -17,16 +17,17 @@ import torch
 from uda_dist.errors import CheckpointError
 
 
-def load_tensors(path: str) -> Any:
-    """torch.load(path, weights_only=True) on the CPU; CheckpointError "not a checkpoint: PATH (...)" for a
-    file that is not a torch file, or that holds anything but tensors and plain containers (nothing of it is
-    run). A missing file stays FileNotFoundError."""
+def load_tensors(path: str, *, map_location: Any = "cpu", allowed: tuple[type, ...] = ()) -> Any:
+    """torch.load(path, weights_only=True); CheckpointError "not a checkpoint: PATH (...)" for a file that is
+    not a torch file, or that holds anything but tensors, plain containers and the ``allowed`` classes
+    (allowed during this call only; nothing else in the file is run). A missing file stays FileNotFoundError."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(list(allowed)):
+            return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise
     except pickle.UnpicklingError as e:
-        found = re.search(r"GLOBAL ([\w.]+)", str(e))  # what torch's weights-only unpickler refused
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))  # what torch's weights-only unpickler refused first
         reason = (f"it holds {found[1]}, not only tensors and plain values; refused, nothing in it was run"
                   if found else "not a torch checkpoint")
         raise CheckpointError(f"not a checkpoint: {path} ({reason})") from None

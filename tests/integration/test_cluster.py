@@ -17,14 +17,23 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def two_node_cluster():
     # one CPU per node: the two 1-CPU workers can only run one on each node
     env = dict(os.environ, RAY_AUTH_MODE="token", RAY_PORT="6391", DASHBOARD_PORT="8291", HEAD_CPUS="1",
-               WORKER_CPUS="1", RAY_TMPDIR=tempfile.mkdtemp(prefix="ray", dir="/tmp"),  # AF_UNIX paths <= 107 B
+               WORKER_CPUS="1", HEAD_AGENT_PORT="52391", WORKER_AGENT_PORT="52392",  # not Ray's default 52365
+               RAY_TMPDIR=tempfile.mkdtemp(prefix="ray", dir="/tmp"),  # AF_UNIX paths <= 107 B
                PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    env["RAY_READY_TIMEOUT"] = os.environ.get("RAY_READY_TIMEOUT", "300")  # local.sh waits for 2 alive nodes
     script = os.path.join(ROOT, "cluster", "local.sh")
-    subprocess.run([script, "start"], env=env, check=True, capture_output=True)
+    # bounded by local.sh itself (each `ray start` and the readiness wait); the timeout here is only a backstop
+    started = subprocess.run([script, "start"], env=env, capture_output=True, text=True, timeout=1500)
     try:
+        if started.returncode != 0:
+            pytest.fail(f"cluster/local.sh start exited {started.returncode}\n"
+                        f"--- stdout (tail)\n{started.stdout[-4000:]}\n--- stderr (tail)\n{started.stderr[-4000:]}",
+                        pytrace=False)
         yield env
     finally:
-        subprocess.run([script, "stop"], env=env, capture_output=True)
+        # only this cluster's processes (its session in RAY_TMPDIR; also after a failed start, which stops its
+        # own): `local.sh stop` is `ray stop --force`, which would kill every Ray process of the machine
+        subprocess.run([script, "stop-session"], env=env, capture_output=True, timeout=300)
         shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
 
 
@@ -39,6 +48,6 @@ def test_ray_job_submit_runs_a_short_job_on_two_nodes(two_node_cluster, tiny_dat
     done = subprocess.run(cmd, env=two_node_cluster, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Job 'uda-test-job' succeeded" in done.stdout + done.stderr
-    summary = json.load(open(out / "job" / "summary.json"))
+    summary = json.load(open(out / "uda-test-job" / "summary.json"))  # the run's folder: its run name
     assert summary["steps"] == 6 and len(summary["losses"]) == 3
     assert os.path.isdir(out / "ray" / "uda-test-job")  # the run is named by the submission id

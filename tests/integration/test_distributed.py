@@ -3,7 +3,6 @@ import dataclasses
 import glob
 import json
 import os
-import sys
 import time
 
 import pytest
@@ -16,7 +15,7 @@ from ray.train.torch import TorchTrainer
 from tests.helpers import tiny_overrides, upload_split
 from uda_dist.config import apply_overrides
 from uda_dist.data.sources import load_manifest
-from uda_dist.launch import launch, prepare_data
+from uda_dist.launch import connect, launch, prepare_data
 from uda_dist.methods.base import MethodConfig, SourceOnly
 from uda_dist.recipes.synthetic import synthetic_sepico_distcl, synthetic_source_only
 from uda_dist.stats.class_stats import ClassStatistics
@@ -26,8 +25,7 @@ from uda_dist.stats.class_stats import ClassStatistics
 def local_ray(s3_server):
     # 4 logical CPUs on the 2 cores: two 1-CPU workers plus Ray Train's controller; the workers see the S3
     # server through the standard AWS environment (for s3:// storage)
-    env = {"PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""), **s3_server}
-    ray.init(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": env})
+    connect(env=s3_server, num_cpus=4, include_dashboard=False)  # the launcher's local Ray
     yield
     ray.shutdown()
 
@@ -196,6 +194,16 @@ def test_relaunch_with_the_same_name_resumes(local_ray, tiny_data_dir, tmp_path)
     expected = launch(straight)
     assert [e["loss"] for e in summary["losses"]] == [e["loss"] for e in expected["losses"]]
     assert summary["confusion"] == expected["confusion"]
+    # Regression: DeepSpeed unpickled its files with weights_only=False, so a file replaced in the run
+    # storage ran its code on relaunch. Now it is refused, unread, and the relaunch fails with one line.
+    from tests.integration.test_bad_inputs import plant
+    from uda_dist.errors import CheckpointError
+
+    planted = tmp_path / "ray" / "relaunch" / "step_00000010" / "engine" / "state" / "mp_rank_00_model_states.pt"
+    plant(planted, tmp_path / "ran")
+    with pytest.raises(CheckpointError, match=f"not a checkpoint: .*mp_rank_00_model_states.pt .*posix.system"):
+        launch(cfg)
+    assert not (tmp_path / "ran").exists()
 
 
 def test_credentials_in_the_tracking_uri_are_recorded_nowhere(local_ray, mlflow_server, tiny_data_dir, tmp_path,
@@ -263,3 +271,15 @@ def test_checkpoints_in_s3_storage_resume(local_ray, tiny_data_dir, tmp_path):
     assert summary["steps"] == 10
     keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="runs", Prefix="uda/in-s3/")["Contents"]]
     assert any(k.startswith("uda/in-s3/step_00000010/") and k.endswith("summary.json") for k in keys)
+
+
+def test_the_local_ray_listens_on_loopback_only(local_ray):
+    """Regression: the local Ray the launcher starts had its GCS, raylet and worker ports on all interfaces.
+    (Run last in this module: the workers that earlier tests left idle are listening too.)"""
+    import psutil
+
+    ours = {os.getpid(), *(child.pid for child in psutil.Process().children(recursive=True))}
+    listening = [(c.pid, c.laddr.ip, c.laddr.port) for c in psutil.net_connections(kind="inet")
+                 if c.status == psutil.CONN_LISTEN and c.pid in ours]
+    assert len(listening) >= 4  # GCS, raylet (node manager, object manager), a worker at least
+    assert [entry for entry in listening if entry[1] not in ("127.0.0.1", "::ffff:127.0.0.1", "::1")] == []

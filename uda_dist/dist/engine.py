@@ -18,6 +18,13 @@ directory), so step.py and the methods do not know which one runs.
   different ninja binary runs, so the launcher puts the venv's bin first on the workers' PATH).
 - After every optimiser step the student's BatchNorm buffers are averaged over ranks (collectives.py), so
   the EMA teacher outside the engine stays identical on every rank.
+- Checkpoints: ``save`` writes DeepSpeed's files under directory/tag (mp_rank_00_model_states.pt: module,
+  schedule, stage-0 optimizer, counters, ds_config; with ZeRO 1/2 also zero_pp_rank_<r>_mp_rank_00_optim_states.pt
+  per rank). ``load`` reads every one of them through ``SafeCheckpointLoader``, installed as the engine's
+  checkpoint_engine: torch.load(weights_only=True) with a three-class allowlist instead of DeepSpeed's
+  torch.load(weights_only=False), so a file that would run code on unpickling is refused (CheckpointError,
+  nothing executed). Not covered, and not used by this config: DeepSpeed's universal-checkpoint loading
+  (checkpoint.load_universal), ZeRO-3 and NVMe offload, which read files with torch.load directly.
 """
 from __future__ import annotations
 
@@ -31,6 +38,7 @@ from torch import nn
 
 from uda_dist.dist import collectives
 from uda_dist.optim import LocalEngine, OptimConfig, build_optimizer_and_schedule
+from uda_dist.safe_load import load_tensors
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -94,6 +102,34 @@ def build_engine(model: nn.Module, cfg: EngineConfig, optim: OptimConfig, *, tot
     return DeepSpeedEngine(model, cfg, optim, total_steps=total_steps, micro_batch=micro_batch, device=device)
 
 
+class SafeCheckpointLoader:
+    """The engine's DeepSpeed checkpoint engine with load() = torch.load(weights_only=True) (safe_load).
+
+    Wraps the engine deepspeed.initialize made (a TorchCheckpointEngine: save/create/commit are its own) and
+    replaces load(), through which DeepSpeed's load_checkpoint reads the model-states file (SDLoader) and every
+    ZeRO optimizer-state file. torch's default weights-only allowlist (tensors, dict/list/OrderedDict, torch.Size,
+    ...) covers mp_rank_00_model_states.pt; the ZeRO 1/2 optimizer-state files also hold, in
+    ["optimizer_state_dict"], three DeepSpeed classes, allowed only during the call (their constructors store
+    numbers, nothing else):
+    - deepspeed.runtime.zero.config.ZeroStageEnum ("zero_stage"),
+    - deepspeed.runtime.fp16.loss_scaler.LossScaler ("loss_scaler": the static scale 1 of fp32 training),
+    - deepspeed.utils.tensor_fragment.fragment_address ("param_slice_mappings": numel/start per parameter).
+    """
+
+    def __init__(self, engine):
+        self._engine = engine
+
+    def __getattr__(self, name: str):
+        return getattr(self._engine, name)
+
+    def load(self, path: str, map_location=None):
+        from deepspeed.runtime.fp16.loss_scaler import LossScaler
+        from deepspeed.runtime.zero.config import ZeroStageEnum
+        from deepspeed.utils.tensor_fragment import fragment_address
+
+        return load_tensors(path, map_location=map_location, allowed=(ZeroStageEnum, LossScaler, fragment_address))
+
+
 class DeepSpeedEngine:
     """deepspeed.initialize over the student with the client AdamW and LambdaLR; one backward per step."""
 
@@ -106,6 +142,7 @@ class DeepSpeedEngine:
         self.engine, _, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler,
             config=deepspeed_config(cfg, optim, micro_batch=micro_batch), dist_init_required=False)
+        self.engine.checkpoint_engine = SafeCheckpointLoader(self.engine.checkpoint_engine)  # see module doc
         self.module = self.engine.module
         self.precision = cfg.resolved_precision(device)
         self.device = device
@@ -132,6 +169,8 @@ class DeepSpeedEngine:
         self.engine.save_checkpoint(directory, tag=tag, save_latest=False)
 
     def load(self, directory: str, *, tag: str) -> None:
+        """Restores what save wrote; every file is read weights-only (SafeCheckpointLoader), a file holding
+        anything else raises CheckpointError."""
         path, _ = self.engine.load_checkpoint(directory, tag=tag, load_optimizer_states=True,
                                               load_lr_scheduler_states=True)
         if path is None:
