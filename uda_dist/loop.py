@@ -26,17 +26,17 @@ from tqdm import tqdm
 
 from uda_dist import report
 from uda_dist.config import RunConfig, to_flat_dict
-from uda_dist.errors import RunError
-from uda_dist.launch import output_folder, run_name
-from uda_dist.redact import redact_values
-from uda_dist.safe_load import load_tensors
 from uda_dist.data.schema import CLASSES, IGNORE_INDEX, NUM_CLASSES
 from uda_dist.data.sources import load_manifest
 from uda_dist.data.webdataset import eval_loader, target_loader_config, train_loader
 from uda_dist.dist import collectives
 from uda_dist.dist.engine import build_engine
+from uda_dist.errors import RunError
+from uda_dist.launch import output_folder, run_name
 from uda_dist.metrics import confusion_matrix, iou_per_class, mean_iou
 from uda_dist.model.segmentor import build_segmentor
+from uda_dist.redact import redact_values
+from uda_dist.safe_load import load_tensors
 from uda_dist.step import train_step
 from uda_dist.tracking import NullTracker, open_tracker
 
