@@ -39,7 +39,8 @@ def run_cli(main: Callable[[], int]) -> int:
     from uda_dist.redact import redact
 
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _terminated)
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
     try:
         return main()
     except user_errors() as e:
@@ -54,5 +55,18 @@ def run_cli(main: Callable[[], int]) -> int:
         return 130
 
 
-def _terminated(signum: int, frame: Any) -> None:
-    raise Terminated()
+_requested: list[int] = []
+"""The stop signal received, if any (its exception may have been raised where Python drops it)."""
+
+
+def _stop(signum: int, frame: Any) -> None:
+    _requested.append(signum)
+    raise_if_stopped()
+
+
+def raise_if_stopped() -> None:
+    """Raise Terminated (SIGTERM) or KeyboardInterrupt (Ctrl-C) if one was received. The handler raises it
+    at once, but Python drops an exception raised inside a finaliser or a garbage-collection callback, which
+    is where a signal can land; the training loop calls this every step, so a stop is never lost."""
+    if _requested:
+        raise Terminated() if _requested[0] == signal.SIGTERM else KeyboardInterrupt()

@@ -31,7 +31,7 @@ from uda_dist.data.sources import load_manifest
 from uda_dist.data.webdataset import eval_loader, target_loader_config, train_loader
 from uda_dist.dist import collectives
 from uda_dist.dist.engine import build_engine
-from uda_dist.errors import RunError
+from uda_dist.errors import RunError, raise_if_stopped
 from uda_dist.launch import output_folder, run_name
 from uda_dist.metrics import confusion_matrix, iou_per_class, mean_iou
 from uda_dist.model.segmentor import build_segmentor
@@ -314,7 +314,9 @@ def train_loop(cfg: RunConfig, *, checkpointer: Checkpointer | None = None) -> R
             checkpointer.save(parts, cfg.train.iterations, history, result,
                               metrics=_progress(cfg.train.iterations, history["evaluations"][-1]))
     except BaseException as e:
-        tracker.finish(artifacts=[], checkpoint=None, status="KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        with contextlib.suppress(Exception):  # the run's own error is the one to raise (the driver marks it too)
+            tracker.finish(artifacts=[], checkpoint=None,
+                           status="KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
         raise
     return result
 
@@ -347,6 +349,7 @@ def _train(cfg: RunConfig, parts: _Parts, device: torch.device, first: int, hist
                total=cfg.train.iterations)
     window = _Window(parts, first)
     for step in bar:
+        raise_if_stopped()
         if step == first and parts.rank == 0:
             bar.write(f"[{cfg.name}] step {step + 1}: batch {cfg.data.loader.batch_size} per worker "
                       f"({parts.samples_per_step} in all); memory {_peak_memory(device)} before it, "

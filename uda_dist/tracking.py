@@ -81,15 +81,21 @@ def prepare(cfg: TrackingConfig) -> TrackingConfig:
 
 
 def client(uri: str) -> Any:
-    """An MlflowClient for ``uri``; credentials in it go to MLflow's environment variables, not its URL."""
+    """An MlflowClient for ``uri``; credentials in it go to MLflow's environment variables, not its URL (and
+    those set here for an earlier URI are taken back when this one has none)."""
     from mlflow.tracking import MlflowClient
 
     plain, user, password = split_credentials(uri)
-    if user is not None:
-        os.environ["MLFLOW_TRACKING_USERNAME"] = user
-    if password is not None:
-        os.environ["MLFLOW_TRACKING_PASSWORD"] = password
+    for name, value in (("MLFLOW_TRACKING_USERNAME", user), ("MLFLOW_TRACKING_PASSWORD", password)):
+        if value is not None:
+            os.environ[name] = _credentials_set[name] = value
+        elif name in _credentials_set and os.environ.get(name) == _credentials_set.pop(name):
+            del os.environ[name]
     return MlflowClient(tracking_uri=plain)
+
+
+_credentials_set: dict[str, str] = {}
+"""The MLflow credential variables client() set from a URI (never a user's own)."""
 
 
 def end_run(cfg: TrackingConfig, name: str, *, status: str) -> None:

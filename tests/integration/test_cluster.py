@@ -45,7 +45,11 @@ def test_ray_job_submit_runs_a_short_job_on_two_nodes(two_node_cluster, tiny_dat
            "--address", "http://127.0.0.1:8291", "--submission-id", "uda-test-job", "--working-dir", ROOT,
            "--runtime-env-json", json.dumps({"excludes": [".venv", ".git", "outputs"]}),
            "--", "python", "-m", "uda_dist.train", "--recipe", "synthetic_source_only", "--set", *overrides]
-    done = subprocess.run(cmd, env=two_node_cluster, capture_output=True, text=True, timeout=600)
+    try:
+        done = subprocess.run(cmd, env=two_node_cluster, capture_output=True, text=True, timeout=600)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"ray job submit did not end in 600 s\n--- output (tail)\n{(e.stdout or b'')[-3000:].decode()}"
+                    f"\n--- stderr (tail)\n{(e.stderr or b'')[-3000:].decode()}", pytrace=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Job 'uda-test-job' succeeded" in done.stdout + done.stderr
     summary = json.load(open(out / "uda-test-job" / "summary.json"))  # the run's folder: its run name
