@@ -129,10 +129,11 @@ def prepare(cfg: Any) -> Any:
     check_model(cfg.model)
     tracking = prepare_tracking(cfg.tracking)
     lc = cfg.launch
-    storage = lc.storage_path or os.path.abspath(os.path.join(cfg.output_dir, "ray"))
+    output_dir = os.path.abspath(cfg.output_dir)  # a Ray worker's working directory is Ray's temp folder
+    storage = lc.storage_path or os.path.join(output_dir, "ray")
     # decided once here: the workers' output folder and MLflow run are found again by it
     launch_cfg = dataclasses.replace(lc, run_name=run_name(cfg), storage_path=storage)
-    return dataclasses.replace(cfg, launch=launch_cfg, tracking=tracking)
+    return dataclasses.replace(cfg, output_dir=output_dir, launch=launch_cfg, tracking=tracking)
 
 
 @contextlib.contextmanager

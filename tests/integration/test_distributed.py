@@ -3,6 +3,7 @@ import dataclasses
 import glob
 import json
 import os
+import shutil
 import time
 
 import pytest
@@ -89,6 +90,13 @@ def test_launcher_trains_two_deepspeed_workers(local_ray, tiny_data_dir, tmp_pat
     assert 0.0 <= summary["miou"] <= 1.0 and summary["config"]["engine.zero_stage"] == zero_stage
     assert summary["outputs"].startswith(str(tmp_path / "zero")) and os.path.isfile(tmp_path / summary["run_name"]
                                                                                      / "student.pt")
+    if zero_stage:
+        return
+    # Regression: with a relative output_dir the workers wrote their outputs into Ray's temp folder
+    relative = launch(apply_overrides(cfg, ["output_dir=rel-out", "train.iterations=2", "launch.run_name=rel"]))
+    assert relative["outputs"] == os.path.abspath(os.path.join("rel-out", "rel"))
+    assert os.path.isfile(os.path.join(relative["outputs"], "student.pt"))
+    shutil.rmtree("rel-out")
 
 
 def test_demo_trains_its_runs_on_two_workers(local_ray, tiny_data_dir, tmp_path, capsys):
