@@ -87,7 +87,7 @@ def run_sweep(base: Any, space: dict[str, str], options: SweepOptions, *, recipe
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     base, storage = _trial_base(base, options)
-    base = prepare(base)  # one-line errors before Ray starts; the trials' store fixed on this driver
+    prepare(base)  # one-line errors before Ray starts
     connect()
     parent = None
     if base.tracking.enabled:
@@ -132,7 +132,9 @@ def _trial_base(base: Any, options: SweepOptions) -> tuple[Any, str]:
     storage = options.storage or os.path.join(output_dir, "ray")
     base = apply_overrides(base, {"output_dir": output_dir, "launch.workers": max(1, base.launch.workers),
                                   "launch.storage_path": f"{storage.rstrip('/')}/{options.name}/train"})
-    return base, storage
+    from uda_dist.tracking import resolve
+
+    return dataclasses.replace(base, tracking=resolve(base.tracking)), storage
 
 
 def _check(base: Any, options: SweepOptions) -> None:
