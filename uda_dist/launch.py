@@ -117,6 +117,7 @@ def train(cfg: Any) -> dict[str, Any]:
 
     cfg = prepare(cfg)
     with ended_on_error(cfg):
+        # through JSON, as a Ray run's summary comes back from summary.json (tuples as lists)
         return json.loads(json.dumps(train_loop(cfg).summary(cfg), default=str))
 
 
@@ -159,13 +160,12 @@ def ended_on_error(cfg: Any) -> Iterator[None]:
 
 
 def _user_error(e: BaseException) -> BaseException:
-    """A worker's own one-line error (RunError, a missing file, malformed data) out of Ray's wrapper, so the
-    command line prints it as it would in one process; any other error as it is."""
-    from uda_dist.data.schema import SchemaError
-    from uda_dist.errors import RunError
+    """A worker's own one-line error (errors.user_errors: bad input, a missing file, malformed data) out of
+    Ray's wrapper, so the command line prints it as it would in one process; any other error as it is."""
+    from uda_dist.errors import user_errors
 
     for failure in getattr(e, "worker_failures", {}).values():
-        if isinstance(failure, (RunError, SchemaError, FileNotFoundError)):
+        if isinstance(failure, user_errors()):
             return failure
     return e
 
