@@ -150,6 +150,7 @@ def _check(base: Any, options: SweepOptions) -> None:
 def _tune_config(base: Any, space: dict[str, str], options: SweepOptions) -> Any:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import BasicVariantGenerator
 
     scheduler = FIFOScheduler()
     if options.scheduler == "asha":
@@ -158,12 +159,17 @@ def _tune_config(base: Any, space: dict[str, str], options: SweepOptions) -> Any
         scheduler = ASHAScheduler(time_attr="step", max_t=base.train.iterations,
                                   grace_period=options.grace or base.train.eval_every,
                                   reduction_factor=options.reduction, stop_last_trials=False)
-    return tune.TuneConfig(metric=METRIC, mode="max", search_alg=_searcher(options.search, space, base.seed),
-                           scheduler=scheduler, num_samples=options.trials,
-                           max_concurrent_trials=options.max_concurrent or _fitting_trials(base))
+    concurrent = options.max_concurrent or _fitting_trials(base)
+    searcher = _searcher(options.search, space, base.seed, max_concurrent=concurrent)
+    return tune.TuneConfig(metric=METRIC, mode="max", search_alg=searcher, scheduler=scheduler,
+                           num_samples=options.trials,
+                           max_concurrent_trials=None if isinstance(searcher, BasicVariantGenerator) else concurrent)
 
 
-def _searcher(kind: str, space: dict[str, str], seed: int) -> Any:
+def _searcher(kind: str, space: dict[str, str], seed: int, *, max_concurrent: int = 0) -> Any:
+    """The search algorithm. Random search gets the concurrency cap itself: Tune applies
+    max_concurrent_trials only to a Searcher and ignores it, with a warning, for a BasicVariantGenerator
+    (both trials of a --max-concurrent 1 grid ran at once, so ASHA had no finished rung to compare with)."""
     from ray.tune.search import BasicVariantGenerator
 
     if kind == "auto":
@@ -177,7 +183,7 @@ def _searcher(kind: str, space: dict[str, str], seed: int) -> Any:
     if kind == "hyperopt":
         from ray.tune.search.hyperopt import HyperOptSearch
         return HyperOptSearch(random_state_seed=seed)
-    return BasicVariantGenerator(random_state=seed)
+    return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent)
 
 
 def searcher_name(kind: str, space: dict[str, str]) -> str:
