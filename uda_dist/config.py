@@ -18,6 +18,7 @@ from typing import Any, Literal, Union
 
 from uda_dist.data.sources import DataConfig
 from uda_dist.dist.engine import EngineConfig
+from uda_dist.errors import ConfigError
 from uda_dist.launch import LaunchConfig
 from uda_dist.methods.base import MethodConfig
 from uda_dist.model.segmentor import ModelConfig
@@ -27,10 +28,6 @@ from uda_dist.tracking import TrackingConfig
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 """Run and recipe names: they name folders and checkpoints, so no path separators, spaces or '..' tricks."""
-
-
-class ConfigError(ValueError):
-    """A bad override or config value; the message names the key and what is valid."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

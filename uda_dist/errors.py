@@ -16,6 +16,14 @@ class RunError(RuntimeError):
     the command line prints it without a traceback."""
 
 
+class ConfigError(ValueError):
+    """A bad override or config value; the message names the key and what is valid."""
+
+
+class SchemaError(ValueError):
+    """A sample or manifest that breaks the shard contract."""
+
+
 class CheckpointError(RunError, ValueError):
     """A file that should hold tensors (a weight file, a checkpoint) does not, or holds code."""
 
@@ -27,9 +35,6 @@ class Terminated(KeyboardInterrupt):
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """The errors whose message is all a user needs (no traceback): bad config, bad inputs, missing files."""
-    from uda_dist.config import ConfigError
-    from uda_dist.data.schema import SchemaError
-
     return (ConfigError, RunError, SchemaError, FileNotFoundError)
 
 

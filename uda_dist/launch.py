@@ -27,15 +27,18 @@ import contextlib
 import dataclasses
 import json
 import os
-import secrets
 import shutil
 import sys
 import tempfile
-import time
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from uda_dist.errors import RunError
-from uda_dist.redact import redact
+from uda_dist.naming import output_folder, run_name
+
+if TYPE_CHECKING:
+    from uda_dist.config import RunConfig
+    from uda_dist.loop import RunResult
+    from uda_dist.parts import Parts
 
 RESULT_FILES = ("summary.json", "student.pt")
 """What a finished run leaves in {output_dir}/{name} and in its final Ray checkpoint."""
@@ -68,7 +71,7 @@ class LaunchConfig:
                              "keep_checkpoints >= 1 are required")
 
 
-def launch(cfg: Any, *, callbacks: tuple[Any, ...] = ()) -> dict[str, Any]:
+def launch(cfg: RunConfig, *, callbacks: tuple[Any, ...] = ()) -> dict[str, Any]:
     """Train cfg on cfg.launch.workers Ray Train workers; return the run's summary (rank 0's). ``callbacks``
     are Ray Train callbacks of the run (a sweep's trial passes Tune's TuneReportCallback, which forwards
     every report, {"step", "val.miou"} at each evaluation, to Tune)."""
@@ -108,7 +111,7 @@ def launch(cfg: Any, *, callbacks: tuple[Any, ...] = ()) -> dict[str, Any]:
     return summary
 
 
-def train(cfg: Any) -> dict[str, Any]:
+def train(cfg: RunConfig) -> dict[str, Any]:
     """Train cfg on cfg.launch.workers Ray Train workers, or in this process when that is 0; return the
     run's summary (what summary.json holds)."""
     if cfg.launch.workers:
@@ -121,7 +124,7 @@ def train(cfg: Any) -> dict[str, Any]:
         return json.loads(json.dumps(train_loop(cfg).summary(cfg), default=str))
 
 
-def prepare(cfg: Any) -> Any:
+def prepare(cfg: RunConfig) -> RunConfig:
     """What the driver settles before any worker starts, each with a one-line RunError naming the setting
     when it is wrong: every manifest (generating the synthetic benchmark once here instead of by several
     workers at once), the model (backbone name, weight files), the tracking store (reachable, experiment
@@ -141,7 +144,7 @@ def prepare(cfg: Any) -> Any:
 
 
 @contextlib.contextmanager
-def ended_on_error(cfg: Any) -> Iterator[None]:
+def ended_on_error(cfg: RunConfig) -> Iterator[None]:
     """The run's MLflow run marked KILLED (Ctrl-C, SIGTERM) or FAILED (an error) when training does not end
     normally, even where its workers were stopped before they could say so (the tracker on rank 0 marks it
     when it can; this is the driver's word for the other cases)."""
@@ -228,29 +231,13 @@ def _loopback_only() -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False
 
 
-def run_name(cfg: Any) -> str:
-    """launch.run_name, else the `ray job submit` submission id, else a fresh {name}-{date-time}-{4 hex}."""
-    if cfg.launch.run_name:
-        return cfg.launch.run_name
-    job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}"))
-    submission_id = job.get("metadata", {}).get("job_submission_id")
-    if submission_id:
-        return submission_id
-    return f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
-
-
-def output_folder(cfg: Any) -> str:
-    """The run's own folder, {output_dir}/{run name}: its weights, summary and pictures, never another's."""
-    return os.path.join(cfg.output_dir, cfg.launch.run_name or cfg.name)
-
-
 def _copy_results(src: str, dst: str) -> None:
     os.makedirs(dst, exist_ok=True)
     for name in RESULT_FILES:
         shutil.copyfile(os.path.join(src, name), os.path.join(dst, name))
 
 
-def prepare_data(cfg: Any) -> None:
+def prepare_data(cfg: RunConfig) -> None:
     """Read every manifest once on the driver: a clear error before any worker starts, and the synthetic
     benchmark generated once here instead of by several workers at the same time on this machine."""
     from uda_dist.data.sources import load_manifest
@@ -276,14 +263,14 @@ class _RayCheckpointer:
     failure, or relaunched under the same name, starts from ray.train.get_checkpoint(). The final checkpoint
     also carries the run's summary.json and student.pt, which launch() returns and copies out."""
 
-    def __init__(self, cfg: Any):
+    def __init__(self, cfg: RunConfig):
         self.cfg = cfg
         self.location = f"{cfg.launch.storage_path.rstrip('/')}/{cfg.launch.run_name}"  # where Ray keeps them
 
-    def restore(self, parts: Any) -> dict[str, Any] | None:
+    def restore(self, parts: Parts) -> dict[str, Any] | None:
         import ray.train
 
-        from uda_dist.loop import load_state
+        from uda_dist.checkpoint import load_state
 
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
@@ -291,11 +278,11 @@ class _RayCheckpointer:
         with checkpoint.as_directory() as directory:
             return load_state(parts, directory)
 
-    def save(self, parts: Any, step: int, history: dict[str, Any], final: Any, *,
+    def save(self, parts: Parts, step: int, history: dict[str, Any], final: RunResult | None, *,
              metrics: dict[str, float]) -> None:
         import ray.train
 
-        from uda_dist.loop import save_state
+        from uda_dist.checkpoint import save_state
 
         with tempfile.TemporaryDirectory() as directory:
             save_state(parts, directory, step, history)

@@ -35,10 +35,13 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from uda_dist.errors import RunError
 from uda_dist.redact import redact, redact_values, split_credentials
+
+if TYPE_CHECKING:
+    from uda_dist.config import RunConfig
 
 RUN_NAME_TAG = "uda_dist.run_name"
 PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests runs by
@@ -131,11 +134,12 @@ def _first_line(error: BaseException) -> str:
     return redact(text[0] if text else type(error).__name__)
 
 
-def open_tracker(cfg: Any, *, rank: int, name: str) -> NullTracker:
-    """An MLflow tracker for the run named ``name`` on rank 0 when tracking is enabled, else a NullTracker."""
+def open_tracker(cfg: RunConfig, *, rank: int, name: str, params: dict[str, Any]) -> NullTracker:
+    """An MLflow tracker for the run named ``name`` on rank 0 when tracking is enabled, else a NullTracker.
+    ``params`` are the run's flattened config (every --set key), recorded when the MLflow run is made."""
     if rank != 0 or not cfg.tracking.enabled:
         return NullTracker()
-    return MlflowTracker(cfg, name)
+    return MlflowTracker(cfg, name, params)
 
 
 class NullTracker:
@@ -159,16 +163,14 @@ class MlflowTracker(NullTracker):
 
     records = True
 
-    def __init__(self, cfg: Any, name: str):
-        from uda_dist.config import to_flat_dict
-
+    def __init__(self, cfg: RunConfig, name: str, params: dict[str, Any]):
         tracking = resolve(cfg.tracking)
         self.client = client(tracking.uri)
         tags = {"recipe": cfg.name, "git_commit": _git_commit(),
                 **({PARENT_TAG: tracking.parent_run_id} if tracking.parent_run_id else {})}
         self.run_id, made = _find_or_create(self.client, tracking, name, tags)
         if made:
-            flat = redact_values(to_flat_dict(cfg))
+            flat = redact_values(params)
             _log_params(self.client, self.run_id, flat)
             self._log_json("config.json", flat)
 

@@ -22,6 +22,8 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 from PIL import Image
 
+from uda_dist.errors import SchemaError
+
 NUM_CLASSES = 19
 IGNORE_INDEX = 255
 CLASSES = (
@@ -38,10 +40,6 @@ SHARD_MTIME = 0.0  # fixed tar member mtime: rebuilt shards are byte-identical
 IMAGE_EXTS = ("png", "jpg")
 LABEL_EXT = "label.png"
 MANIFEST_SUFFIX = ".manifest.json"
-
-
-class SchemaError(ValueError):
-    """A sample or manifest that breaks the shard contract."""
 
 
 def class_histogram(label_HW: np.ndarray) -> list[int]:

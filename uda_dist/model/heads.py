@@ -84,10 +84,16 @@ class DAFormerHead(nn.Module):
 
     def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
         """[feat_BChw per level] -> logits_BKhw at the first level's grid."""
+        return self.classify(self.fuse(feats))
+
+    def fuse(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        """[feat_BChw per level] -> the fused feature fused_BEhw the classifier reads (first level's grid)."""
         size = feats[0].shape[-2:]
         embed_BLEhw = torch.cat([resize_to(emb(f), size) for emb, f in zip(self.embed, feats)], dim=1)
         context_BEhw = torch.cat([branch(embed_BLEhw) for branch in self.branches], dim=1)
-        fused_BEhw = self.bottleneck(context_BEhw)
+        return self.bottleneck(context_BEhw)
+
+    def classify(self, fused_BEhw: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.dropout(fused_BEhw))
 
 
@@ -100,7 +106,13 @@ class DeepLabV2Head(nn.Module):
 
     def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
         """[feat_BChw per level] -> logits_BKhw at the last level's grid."""
-        feat_BChw = feats[-1]
+        return self.classify(self.fuse(feats))
+
+    def fuse(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The feature the ASPP classifier reads: the last level itself (DeepLab-V2 fuses in logit space)."""
+        return feats[-1]
+
+    def classify(self, feat_BChw: torch.Tensor) -> torch.Tensor:
         logits_BKhw = self.branches[0](feat_BChw)
         for branch in self.branches[1:]:
             logits_BKhw = logits_BKhw + branch(feat_BChw)

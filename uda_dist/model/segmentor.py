@@ -100,6 +100,12 @@ class SegOutput:
     """Class logits at the head's grid (DAFormer: first level's stride; DeepLab-V2: the output stride)."""
     proj_BDhw: torch.Tensor | None = None
     """L2-normalised projection features at the same grid; None without a projection head or when not asked."""
+    features: list[torch.Tensor] | None = None
+    """The encoder's feature levels [feat_BChw per level], finest first (FADA's discriminator reads the last);
+    None unless asked."""
+    fused_BChw: torch.Tensor | None = None
+    """The decode head's fused feature, the one its classifier reads (DAFormer: the fused embedding at the
+    first level's grid; DeepLab-V2: the last encoder level); None unless asked."""
 
 
 class Segmentor(nn.Module):
@@ -134,12 +140,16 @@ class Segmentor(nn.Module):
         """Stride of the logits (and projection) grid relative to the input image."""
         return self.backbone.strides[0] if self.cfg.head == "daformer" else self.backbone.strides[-1]
 
-    def forward(self, image_B3HW: torch.Tensor, *, with_proj: bool = False) -> SegOutput:
-        """Image in [0, 1] -> logits at the head's grid (+ projection features when asked and configured)."""
+    def forward(self, image_B3HW: torch.Tensor, *, with_proj: bool = False, with_features: bool = False) -> SegOutput:
+        """Image in [0, 1] -> logits at the head's grid (+ projection features when asked and configured; + the
+        encoder levels and the decoder's fused feature when ``with_features``)."""
         feats = self._features(image_B3HW)
-        logits_BKhw = self.decode_head(feats)
+        fused_BChw = self.decode_head.fuse(feats)
+        logits_BKhw = self.decode_head.classify(fused_BChw)
         proj_BDhw = self.proj_head(feats) if with_proj and self.proj_head is not None else None
-        return SegOutput(logits_BKhw=logits_BKhw, proj_BDhw=proj_BDhw)
+        if not with_features:
+            return SegOutput(logits_BKhw=logits_BKhw, proj_BDhw=proj_BDhw)
+        return SegOutput(logits_BKhw=logits_BKhw, proj_BDhw=proj_BDhw, features=list(feats), fused_BChw=fused_BChw)
 
     def project(self, image_B3HW: torch.Tensor) -> torch.Tensor:
         """Projection features only (encoder + projection head, no decode head): proj_BDhw."""

@@ -1,0 +1,62 @@
+"""Evaluation on the target validation split: the confusion matrix (on the device, reduced over workers once),
+its record in the run's history, and the plots a tracker records (confusion, per-class IoU, predictions)."""
+from __future__ import annotations
+
+import collections
+import os
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from uda_dist import report
+from uda_dist.data.schema import IGNORE_INDEX, NUM_CLASSES
+from uda_dist.dist import collectives
+from uda_dist.metrics import confusion_matrix, iou_per_class, mean_iou
+from uda_dist.parts import to_device
+
+if TYPE_CHECKING:
+    from uda_dist.parts import Parts
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader: Any, *, device: torch.device, max_batches: int = 0,
+             bad_data: collections.Counter | None = None) -> np.ndarray:
+    """Confusion matrix of the model's predictions over the loader (whole-image inference); the loader's
+    bad-data counts are added to ``bad_data``."""
+    was_training = model.training
+    model.eval()
+    confusion_KK = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.int64, device=device)
+    for index, batch in enumerate(loader):
+        if max_batches and index >= max_batches:
+            break
+        counts = batch.pop("bad_data", {})
+        if bad_data is not None:
+            bad_data.update(counts)
+        batch = to_device(batch, device)
+        pred_BHW = model.segment(batch["image"]).argmax(dim=1)
+        label_BHW = batch["label"].masked_fill(~batch["valid"].view(-1, 1, 1), IGNORE_INDEX)  # padding items
+        confusion_KK += confusion_matrix(pred_BHW, label_BHW, num_classes=NUM_CLASSES)
+    model.train(was_training)
+    return collectives.all_reduce_sum_(confusion_KK).cpu().numpy()  # every rank's share, reduced once
+
+
+def evaluation_record(step: int, confusion_KK: np.ndarray) -> dict[str, Any]:
+    return {"step": step, "miou": mean_iou(confusion_KK), "iou": iou_per_class(confusion_KK).tolist()}
+
+
+@torch.no_grad()
+def pictures(parts: Parts, confusion_KK: np.ndarray, out_dir: str, device: torch.device) -> list[str]:
+    """The tracker's plots: confusion matrix, per-class IoU bars, and the first validation batch's predictions
+    overlaid on the images (this rank's share of the split)."""
+    batch = to_device(next(iter(parts.val)), device)
+    batch.pop("bad_data", None)
+    model = parts.engine.module
+    was_training = model.training
+    pred_BHW = model.eval().segment(batch["image"]).argmax(dim=1)
+    model.train(was_training)
+    images_BHW3 = (batch["image"].permute(0, 2, 3, 1) * 255).round().byte().cpu().numpy()
+    return [report.save_confusion_plot(os.path.join(out_dir, "confusion.png"), confusion_KK),
+            report.save_iou_bars(os.path.join(out_dir, "iou.png"), iou_per_class(confusion_KK).tolist()),
+            report.save_overlays(os.path.join(out_dir, "predictions.png"), images_BHW3,
+                                 batch["label"].byte().cpu().numpy(), pred_BHW.byte().cpu().numpy())]
