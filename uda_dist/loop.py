@@ -23,7 +23,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from uda_dist.checkpoint import load_state, save_state  # noqa: F401  (their old home, until callers move)
 from uda_dist.config import RunConfig, to_flat_dict
 from uda_dist.data.schema import CLASSES
 from uda_dist.dist import collectives
@@ -35,8 +34,6 @@ from uda_dist.parts import GIB, Parts, available_memory, check_batch_memory, pea
 from uda_dist.redact import redact_values
 from uda_dist.step import train_step
 from uda_dist.tracking import NullTracker, open_tracker
-
-_Parts = Parts  # its old name, until callers move
 
 
 @dataclasses.dataclass

@@ -102,10 +102,11 @@ def test_missing_manifest_names_the_setting(cli, tmp_path):
 def test_a_planted_pickle_in_a_run_checkpoint_is_refused_unread(tiny_data_dir, tmp_path):
     """Regression: run.pt and rank{r}.pt were loaded with weights_only=False, so a file replaced in the run
     storage ran its code on relaunch. Every file of the project's checkpoint is now refused unread."""
-    from uda_dist.loop import _Parts, load_state, save_state
+    from uda_dist.checkpoint import load_state, save_state
+    from uda_dist.parts import Parts
 
     cfg = apply_overrides(synthetic_self_training(), tiny_overrides(tiny_data_dir, str(tmp_path / "out")))
-    parts = _Parts(cfg, torch.device("cpu"))
+    parts = Parts(cfg, torch.device("cpu"))
     save_state(parts, str(tmp_path / "ckpt"), 3, {"evaluations": [], "losses": [{"step": 3, "loss": 1.0}]})
     assert load_state(parts, str(tmp_path / "ckpt"))["step"] == 3  # the real files load
     marker = tmp_path / "ran"

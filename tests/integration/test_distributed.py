@@ -34,12 +34,12 @@ def local_ray(s3_server):
 def _record_statistics_worker(config):
     """Per worker: the library's parts (DeepSpeed engine, all-reduced statistics), a few SePiCo steps, and
     what the statistics were fed locally, saved for the test to compare."""
-    from uda_dist.loop import _Parts
+    from uda_dist.parts import Parts
     from uda_dist.step import train_step
 
     torch.set_num_threads(1)
     cfg = config["cfg"]
-    parts = _Parts(cfg, torch.device("cpu"))
+    parts = Parts(cfg, torch.device("cpu"))
     fed, update = [], parts.method.stats.update
 
     def recording_update(feat_ND, label_N):

@@ -205,3 +205,22 @@ def test_init_weights_errors_name_the_problem(tmp_path):
     torch.save(build_segmentor(ModelConfig(backbone="resnet10t", embed_dim=8)).state_dict(), path)
     with pytest.raises(ValueError, match="different shape"):
         build_segmentor(ModelConfig(backbone="resnet10t", embed_dim=16, init_weights=path))
+
+
+@pytest.mark.parametrize("head, fused_channels", [("daformer", 16), ("deeplabv2", None)])
+def test_features_and_fused_feature_when_asked(head, fused_channels):
+    """with_features returns the encoder levels (finest first) and the feature the classifier reads: DAFormer's
+    fused embedding, DeepLab-V2's last level; the logits are the classifier applied to that fused feature."""
+    model = build_segmentor(ModelConfig(backbone="test_resnet", head=head, **SMALL)).eval()
+    image_B3HW = torch.rand(2, 3, 64, 128)
+    out = model(image_B3HW, with_features=True)
+    assert [f.shape[1] for f in out.features] == list(model.backbone.channels)
+    assert [f.shape[-1] for f in out.features] == [128 // s for s in model.backbone.strides]
+    expected_C = fused_channels or model.backbone.channels[-1]
+    assert out.fused_BChw.shape == (2, expected_C, *out.logits_BKhw.shape[-2:])
+    if head == "deeplabv2":
+        assert out.fused_BChw is out.features[-1]
+    torch.testing.assert_close(model.decode_head.classify(out.fused_BChw), out.logits_BKhw)
+    torch.testing.assert_close(model(image_B3HW).logits_BKhw, out.logits_BKhw)
+    plain = model(image_B3HW)
+    assert plain.features is None and plain.fused_BChw is None  # not asked
