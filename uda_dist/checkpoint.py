@@ -3,8 +3,9 @@
 A checkpoint directory holds ``engine/`` (the engine's own files: DeepSpeed's model, optimizer shards and
 schedule, or the local engine's state.pt), ``rank<r>.pt`` per rank (its RNG states, data-stream positions
 and the method state that differs by rank) and, from rank 0, ``run.pt`` (the step, the method state that is
-the same on every rank, the logged history). Where such directories go is the loop's Checkpointer (the
-launcher's Ray checkpoints); when, the loop's cadence.
+the same on every rank, the auxiliary modules' weights, optimisers and schedules, the logged history).
+Where such directories go is the loop's Checkpointer (the launcher's Ray checkpoints); when, the loop's
+cadence.
 """
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ ENGINE_TAG = "state"
 def save_state(parts: Parts, directory: str, step: int, history: dict[str, Any]) -> None:
     """Every rank: its engine state (DeepSpeed: model, optimizer shard, schedule) under directory/engine and
     its own RNG states and data-stream positions in rank{r}.pt; rank 0 adds run.pt: the step, the method
-    state (EMA teacher, class statistics, memory bank, mixing generator) and the logged history."""
+    state (EMA teacher, class statistics, memory bank, mixing generator), the auxiliary modules with their
+    optimisers and schedules (identical on every rank, by name) and the logged history."""
     parts.engine.save(os.path.join(directory, "engine"), tag=ENGINE_TAG)
     streams = {"source": parts.source.state(), "target": parts.target.state() if parts.target else None}
     rng = {"torch": torch.get_rng_state(), "numpy": _numpy_rng_state(), "python": random.getstate()}
@@ -35,7 +37,8 @@ def save_state(parts: Parts, directory: str, step: int, history: dict[str, Any])
     own = {key: method_state[key] for key in parts.method.per_rank_state}
     torch.save({"streams": streams, "rng": rng, "method": own}, os.path.join(directory, f"rank{parts.rank}.pt"))
     if parts.rank == 0:
-        torch.save({"step": step, "method": method_state, "history": history}, os.path.join(directory, "run.pt"))
+        torch.save({"step": step, "method": method_state, "auxiliaries": parts.auxiliaries.state_dict(),
+                    "history": history}, os.path.join(directory, "run.pt"))
 
 
 def load_state(parts: Parts, directory: str) -> dict[str, Any]:
@@ -47,6 +50,7 @@ def load_state(parts: Parts, directory: str) -> dict[str, Any]:
     mine = load_tensors(os.path.join(directory, f"rank{parts.rank}.pt"))
     parts.engine.load(os.path.join(directory, "engine"), tag=ENGINE_TAG)
     parts.method.load_state_dict({**run["method"], **mine["method"]})
+    parts.auxiliaries.load_state_dict(run.get("auxiliaries", {}))
     parts.source.restore(mine["streams"]["source"])
     if parts.target is not None:
         parts.target.restore(mine["streams"]["target"])

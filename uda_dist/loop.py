@@ -2,11 +2,11 @@
 
 `train_loop(cfg)` is the function Ray Train's workers call (uda_dist.launch), and what a run without Ray
 runs in one process. It builds its parts (uda_dist.parts: data streams, student, method, engine), runs
-cfg.train.iterations steps (uda_dist.step) with a progress bar whose loss/speed are synced to the host only
-at log cadence, evaluates the student on the target validation split (uda_dist.evaluation) every
-train.eval_every steps and at the end, hands resumable state to its Checkpointer (the format is
-uda_dist.checkpoint's), and writes the final student weights and a summary in the run's own folder,
-{output_dir}/{run name}. It prints the first step's start and, after it, its time and peak memory.
+cfg.train.iterations optimiser steps, each of engine.grad_accum micro-batches (uda_dist.step), with a
+progress bar whose loss/speed are synced to the host only at log cadence, evaluates the student on the
+target validation split (uda_dist.evaluation) every train.eval_every steps and at the end, hands resumable
+state to its Checkpointer (the format is uda_dist.checkpoint's), and writes the final student weights and a
+summary in the run's own folder, {output_dir}/{run name}. It prints the first step's start and, after it, its time and peak memory.
 """
 from __future__ import annotations
 
@@ -143,9 +143,7 @@ def _train(cfg: RunConfig, parts: Parts, device: torch.device, first: int, histo
                       f"({parts.samples_per_step} in all); memory {peak_memory(device)} before it, "
                       f"{available_memory(device) / GIB:.1f} GiB available")
             started = time.perf_counter()
-        source = to_device(next(parts.source), device)
-        target = to_device(next(parts.target), device) if parts.target is not None else None
-        logged = train_step(parts.engine, parts.method, source, target, step)
+        logged = _optimizer_step(parts, device, step)
         done = step + 1
         if step == first and parts.rank == 0:
             bar.write(f"[{cfg.name}] step {done} took {time.perf_counter() - started:.1f} s; peak memory "
@@ -171,6 +169,19 @@ def _train(cfg: RunConfig, parts: Parts, device: torch.device, first: int, histo
             with window.paused():
                 _checkpoint_or_report(cfg, parts, checkpointer, done, history, evaluation)
     bar.close()
+
+
+def _optimizer_step(parts: Parts, device: torch.device, step: int) -> dict[str, torch.Tensor]:
+    """One optimiser step: engine.grad_accum micro-batches, each a train_step; the logged values averaged."""
+    sums: dict[str, torch.Tensor] = {}
+    for micro in range(parts.grad_accum):
+        source = to_device(next(parts.source), device)
+        target = to_device(next(parts.target), device) if parts.target is not None else None
+        logged, stepped = train_step(parts.engine, parts.method, source, target, step, parts.auxiliaries)
+        if stepped != (micro == parts.grad_accum - 1):
+            raise RuntimeError(f"the engine stepped at micro-batch {micro + 1} of {parts.grad_accum}")
+        sums = {k: sums[k] + v if k in sums else v for k, v in logged.items()}
+    return {k: v / parts.grad_accum for k, v in sums.items()} if parts.grad_accum > 1 else sums
 
 
 def _checkpoint_or_report(cfg: RunConfig, parts: Parts, checkpointer: Checkpointer, done: int,

@@ -1,4 +1,5 @@
-"""The parts a run builds from its RunConfig on each worker: data streams, the student, the method, the engine.
+"""The parts a run builds from its RunConfig on each worker: data streams, the student, the method, its
+auxiliary modules (uda_dist.auxiliary), the engine.
 
 ``Parts(cfg, device)`` is what the loop trains (uda_dist.loop), the checkpoint format saves
 (uda_dist.checkpoint) and evaluation reads (uda_dist.evaluation). ``Stream`` is an endless stream of batches
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 import numpy as np
 import torch
 
+from uda_dist.auxiliary import Auxiliaries, check_one_optimizer_each
 from uda_dist.data.sources import load_manifest
 from uda_dist.data.webdataset import eval_loader, target_loader_config, train_loader
 from uda_dist.dist import collectives
@@ -132,7 +134,14 @@ class Parts:
         self.reduce_timer = ReduceTimer(device) if cfg.train.time_stats_reduce else None
         self.method = cfg.method.build(student, seed=cfg.seed + 7919 * self.rank,
                                        reducer=self.reduce_timer or collectives.all_reduce_sum_)
-        self.samples_per_step = world * data.loader.batch_size
+        self.grad_accum = cfg.engine.grad_accum
+        self.samples_per_step = world * data.loader.batch_size * self.grad_accum
+        self.auxiliaries = Auxiliaries(self.method.auxiliaries(), total_steps=cfg.train.iterations,
+                                       grad_accum=self.grad_accum)
+        student_groups = student.param_groups(lr=cfg.optim.lr, weight_decay=0.0, head_lr_mult=1.0)
+        check_one_optimizer_each({"student": student, **self.auxiliaries.modules},
+                                 {"student": [p for group in student_groups for p in group["params"]],
+                                  **self.auxiliaries.parameter_groups()})
         self.engine = build_engine(student, cfg.engine, cfg.optim, total_steps=cfg.train.iterations,
                                    micro_batch=data.loader.batch_size, device=device)
         self.source = Stream(train_loader(source, cfg=data.loader, labeled=True, seed=cfg.seed, **shards),

@@ -1,10 +1,11 @@
 """Mean and spread over seeds of the synthetic recipes' target mIoU (the README's results table).
 
 Usage: .venv/bin/python tests/benchmarks/synthetic_seeds.py [--seeds 0 1 2] [--recipes ...] [--parallel 2]
-       [--set KEY=VALUE ... --tag TAG]
+       [--set KEY=VALUE ... --tag TAG] [--init-from RECIPE --tag TAG]
 Each (recipe, seed) is one `python -m uda_dist.train --recipe R --set seed=S` run with one torch thread;
 `--parallel` runs that many at once; `--set` adds overrides to every run (name the variant with `--tag`, which
-suffixes the run names). The per-run summaries stay in outputs/seeds/.
+suffixes the run names); `--init-from R` starts each seed from recipe R's run of that seed (FADA's adversarial
+stage from the source-only model). The per-run folders (summary.json, student.pt) stay in outputs/seeds/.
 """
 from __future__ import annotations
 
@@ -21,10 +22,12 @@ RECIPES = ("synthetic_source_only", "synthetic_self_training", "synthetic_sepico
            "synthetic_sepico_distcl", "synthetic_oracle")
 
 
-def run(recipe: str, seed: int, out_dir: str, overrides: list[str], tag: str) -> float:
+def run(recipe: str, seed: int, out_dir: str, overrides: list[str], tag: str, init_from: str) -> float:
     name = f"{recipe}{'_' + tag if tag else ''}_seed{seed}"
-    cmd = [sys.executable, "-m", "uda_dist.train", "--recipe", recipe, "--set", f"seed={seed}",
-           f"name={name}", f"output_dir={out_dir}", "train.threads=1", *overrides]
+    weights = os.path.join(out_dir, f"{init_from}_seed{seed}", "student.pt")
+    start = [f"model.init_weights={weights}"] if init_from else []
+    cmd = [sys.executable, "-m", "uda_dist.train", "--recipe", recipe, "--run-name", name, "--set", f"seed={seed}",
+           f"output_dir={out_dir}", "train.threads=1", "tracking.enabled=false", *start, *overrides]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     with open(os.path.join(out_dir, name, "summary.json")) as f:
         return 100 * json.load(f)["miou"]
@@ -39,12 +42,15 @@ def main() -> None:
     p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
                    help="overrides for every run, e.g. method.tau=0.1")
     p.add_argument("--tag", default="", help="run-name suffix for the variant (required with --set)")
+    p.add_argument("--init-from", default="", metavar="RECIPE",
+                   help="start each seed from that recipe's run of the same seed (its student.pt in --out), as "
+                        "FADA's adversarial stage starts from the source-only model")
     args = p.parse_args()
-    if args.overrides and not args.tag:
-        p.error("--set needs --tag (the runs' names must differ from the recipe's own runs)")
+    if (args.overrides or args.init_from) and not args.tag:
+        p.error("--set and --init-from need --tag (the runs' names must differ from the recipe's own runs)")
     jobs = [(r, s) for r in args.recipes for s in args.seeds]
     with ThreadPoolExecutor(args.parallel) as pool:
-        scores = list(pool.map(lambda job: run(*job, args.out, args.overrides, args.tag), jobs))
+        scores = list(pool.map(lambda job: run(*job, args.out, args.overrides, args.tag, args.init_from), jobs))
     print(f"{'recipe':<26} " + " ".join(f"seed {s:>2}" for s in args.seeds) + "   mean +- std")
     for r in args.recipes:
         row = np.array([scores[jobs.index((r, s))] for s in args.seeds])

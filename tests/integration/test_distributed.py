@@ -18,7 +18,7 @@ from uda_dist.config import apply_overrides
 from uda_dist.data.sources import load_manifest
 from uda_dist.launch import connect, launch, prepare_data
 from uda_dist.methods.base import MethodConfig, SourceOnly
-from uda_dist.recipes.synthetic import synthetic_sepico_distcl, synthetic_source_only
+from uda_dist.recipes.synthetic import synthetic_fada, synthetic_sepico_distcl, synthetic_source_only
 from uda_dist.stats.class_stats import ClassStatistics
 
 
@@ -53,17 +53,32 @@ def _record_statistics_worker(config):
     torch.save({"stats": parts.method.stats.state_dict(), "teacher": parts.method.teacher.state_dict(),
                 "fed": fed, "engine": type(parts.engine).__name__},
                os.path.join(config["out"], f"rank{rank}.pt"))
+    # FADA in the same worker group: the discriminator outside the engine, gradients accumulated over 2
+    # micro-batches, averaged over the ranks at each optimiser step
+    from uda_dist.loop import _optimizer_step
+
+    fada = Parts(config["fada"], torch.device("cpu"))
+    initial = {k: v.clone() for k, v in fada.method.discriminator.state_dict().items()}
+    for step in range(config["fada"].train.iterations):
+        _optimizer_step(fada, torch.device("cpu"), step)
+    torch.save({"initial": initial, "disc": fada.method.discriminator.state_dict(),
+                "adam": fada.auxiliaries.optimizers["discriminator"].state_dict(),
+                "student": fada.engine.module.state_dict()}, os.path.join(config["out"], f"fada{rank}.pt"))
     ray.train.report({"steps": cfg.train.iterations})
 
 
 def test_statistics_identical_on_both_ranks_and_equal_to_one_process(local_ray, tiny_data_dir, tmp_path):
+    """...and FADA's discriminator (weights and Adam state) identical on both ranks after its steps."""
     cfg = apply_overrides(synthetic_sepico_distcl(), tiny_overrides(tiny_data_dir, str(tmp_path)) + [
         "train.iterations=4", "method.start_step=2", "model.proj_dim=8", "model.proj_hidden=8"])
+    fada = apply_overrides(synthetic_fada(), tiny_overrides(tiny_data_dir, str(tmp_path)) + [
+        "train.iterations=3", "method.from_scratch=true", "method.disc_hidden=16", "engine.grad_accum=2",
+        "data.loader.batch_size=2"])
     prepare_data(cfg)  # generated once, before the workers read it
-    TorchTrainer(_record_statistics_worker, train_loop_config={"cfg": cfg, "out": str(tmp_path)},
+    TorchTrainer(_record_statistics_worker, train_loop_config={"cfg": cfg, "fada": fada, "out": str(tmp_path)},
                  scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
                  run_config=ray.train.RunConfig(name="stats", storage_path=str(tmp_path / "ray"))).fit()
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert r0["engine"] == r1["engine"] == "DeepSpeedEngine"
     assert len(r0["fed"]) == len(r1["fed"]) == 4
     assert not torch.equal(r0["fed"][0][0], r1["fed"][0][0])  # each rank its own data
@@ -77,6 +92,16 @@ def test_statistics_identical_on_both_ranks_and_equal_to_one_process(local_ray, 
     assert r0["stats"]["count_K"].sum() > 0
     for name, value in one.state_dict().items():
         torch.testing.assert_close(r0["stats"][name], value, rtol=1e-12, atol=1e-12)
+
+    f0, f1 = (torch.load(tmp_path / f"fada{r}.pt", weights_only=True) for r in (0, 1))
+    assert not all(torch.equal(f0["disc"][k], f0["initial"][k]) for k in f0["disc"])  # it trained
+    for part in ("disc", "student"):
+        for name, value in f0[part].items():
+            assert torch.equal(value, f1[part][name]), (part, name)  # bit-identical across ranks
+    assert f0["adam"]["state"][0]["step"] == 3
+    for index, state in f0["adam"]["state"].items():
+        for key, value in state.items():
+            assert torch.equal(value, f1["adam"]["state"][index][key]), (index, key)
 
 
 @pytest.mark.parametrize("zero_stage", [0, 2])

@@ -10,6 +10,8 @@ Under Ray Train the gloo (CPU) or nccl (GPU) group already exists when the per-w
   ONE packed all-reduce after each optimiser step. Parameters are identical on every rank (gradients are
   averaged by the engine), and with this the buffers are too, so the EMA teacher, which takes parameters by
   EMA and buffers by copy, is identical on every rank without being wrapped by the engine.
+- ``average_gradients_``: the auxiliary modules' gradients (a discriminator outside the DeepSpeed engine)
+  averaged across ranks in ONE packed all-reduce per optimiser step, so they stay identical on every rank.
 - ``mean_for_log``: loss values averaged across ranks, called only at log cadence.
 """
 from __future__ import annotations
@@ -54,6 +56,26 @@ def average_buffers_(module: torch.nn.Module) -> None:
     for b in buffers:
         b.copy_(flat[offset:offset + b.numel()].view_as(b))
         offset += b.numel()
+
+
+def average_gradients_(params: list[torch.nn.Parameter]) -> None:
+    """Average the parameters' gradients over ranks in place, in ONE packed all-reduce (the auxiliary modules'
+    gradients, which live outside the DeepSpeed engine). A parameter without a gradient counts as zeros, so
+    every rank packs the same layout."""
+    if not is_distributed() or not params:
+        return
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).to(torch.float32)
+                      for p in params])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= dist.get_world_size()
+    offset = 0
+    for p in params:
+        value = flat[offset:offset + p.numel()].view_as(p).to(p.dtype)
+        if p.grad is None:
+            p.grad = value.clone()
+        else:
+            p.grad.copy_(value)
+        offset += p.numel()
 
 
 def mean_for_log(values_N: torch.Tensor) -> torch.Tensor:

@@ -53,7 +53,8 @@ class EngineConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """"fp32", "bf16" (autocast forwards, fp32 weights and gradients) or "auto" (bf16 on GPU, fp32 on CPU)."""
     grad_accum: int = 1
-    """Micro-batches per optimiser step (DeepSpeed gradient_accumulation_steps)."""
+    """Micro-batches per optimiser step (DeepSpeed gradient_accumulation_steps): each of the train.iterations
+    optimiser steps draws this many batches per worker; the teacher and every schedule advance once per step."""
 
     def __post_init__(self) -> None:
         if self.backend not in ("auto", "local", "deepspeed"):
@@ -155,11 +156,15 @@ class DeepSpeedEngine:
     def backward(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss)
 
-    def step(self) -> None:
+    def step(self) -> bool:
+        """DeepSpeed's step: the optimiser and schedule act only at a gradient-accumulation boundary (every
+        grad_accum-th micro-batch). Returns whether an optimiser step happened."""
         before = self.engine.global_steps
         self.engine.step()  # optimiser + schedule at accumulation boundaries, zero_grad
-        if self.engine.global_steps != before:
+        stepped = self.engine.global_steps != before
+        if stepped:
             collectives.average_buffers_(self.module)
+        return stepped
 
     def lr(self) -> float:
         return self.engine.get_lr()[0]

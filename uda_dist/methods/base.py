@@ -3,7 +3,8 @@
 A method is a small object built from its frozen config by ``config.build(student)``; the recipe picks the
 config class, so there is no string registry. The trainer owns backward and the optimiser step: a method
 only returns named, already weighted loss terms (``losses``) and updates its own state after the optimiser
-step (``after_step``, e.g. the EMA teacher).
+step (``after_step``, e.g. the EMA teacher). A method that trains a module of its own (a discriminator)
+declares it in ``auxiliaries`` and returns its losses from ``auxiliary_losses``; the trainer runs that phase.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from uda_dist.auxiliary import Auxiliary
 from uda_dist.losses.segmentation import cross_entropy
 
 
@@ -52,7 +54,16 @@ class Method:
         raise NotImplementedError
 
     def after_step(self, student: nn.Module, step: int) -> None:
-        """Called once after every optimiser step."""
+        """Called once after every optimiser step (not after the micro-batches that only accumulate)."""
+
+    def auxiliaries(self) -> dict[str, Auxiliary]:
+        """Modules this method trains beside the student, each with its optimiser config (a discriminator):
+        the trainer freezes them during ``losses`` and steps them after it (uda_dist.auxiliary)."""
+        return {}
+
+    def auxiliary_losses(self, name: str) -> dict[str, torch.Tensor]:
+        """Named losses of auxiliary ``name``, from tensors ``losses`` cached detached in this micro-batch."""
+        raise NotImplementedError(f"{type(self).__name__} declares no auxiliary module {name!r}")
 
     def log_values(self) -> dict[str, torch.Tensor]:
         """Device tensors worth logging from the last step (synced to the host only at log cadence)."""

@@ -24,6 +24,7 @@ from uda_dist.config import RunConfig, TrainConfig
 from uda_dist.data.sources import DataConfig
 from uda_dist.data.webdataset import LoaderConfig
 from uda_dist.methods.base import MethodConfig
+from uda_dist.methods.fada import FADAConfig
 from uda_dist.methods.self_training import SelfTrainingConfig
 from uda_dist.methods.sepico import SePiCoConfig
 from uda_dist.model.segmentor import ModelConfig
@@ -76,3 +77,11 @@ def synthetic_sepico_bankcl() -> RunConfig:
 def synthetic_sepico_distcl() -> RunConfig:
     """SePiCo with DistCL: the closed-form bound of the expected InfoNCE over the class Gaussians."""
     return _sepico("synthetic_sepico_distcl", "dist")
+
+
+def synthetic_fada() -> RunConfig:
+    """FADA's adversarial stage (fine-grained class-level discriminator, uda_dist.methods.fada) on a
+    source-only model: pass its weights with --set model.init_weights=outputs/<source-only run>/student.pt.
+    The student keeps the source-only recipe's optimiser and its 700-step schedule, restarted."""
+    base = synthetic_source_only()
+    return dataclasses.replace(base, name="synthetic_fada", method=FADAConfig())

@@ -1,0 +1,115 @@
+"""The discriminator phase in one process: the generator phase leaves the discriminator alone, every trainable
+parameter has one optimiser, and a resumed run equals an uninterrupted one with the discriminator included."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from tests.helpers import tiny_overrides
+from uda_dist.auxiliary import check_one_optimizer_each
+from uda_dist.checkpoint import load_state, save_state
+from uda_dist.config import apply_overrides
+from uda_dist.errors import ConfigError
+from uda_dist.loop import _optimizer_step
+from uda_dist.parts import Parts
+from uda_dist.recipes.synthetic import synthetic_fada
+from uda_dist.step import train_step
+
+CPU = torch.device("cpu")
+
+
+def _fada(tiny_data_dir, tmp_path, *extra):
+    return apply_overrides(synthetic_fada(), tiny_overrides(tiny_data_dir, str(tmp_path)) + [
+        "method.from_scratch=true", "method.disc_hidden=16", "train.iterations=6", *extra])
+
+
+def test_the_generator_phase_gives_the_discriminator_no_gradient(tiny_data_dir, tmp_path):
+    parts = Parts(_fada(tiny_data_dir, tmp_path), CPU)
+    disc = parts.method.discriminator
+    for p in disc.parameters():
+        p.grad = torch.full_like(p, 7.0)  # sentinels: the generator phase must leave them as they are
+    seen = {}
+    aux_losses = parts.method.auxiliary_losses
+
+    def at_the_discriminator_phase(name):
+        seen["grads"] = [p.grad.clone() for p in disc.parameters()]
+        seen["requires_grad"] = all(p.requires_grad for p in disc.parameters())
+        return aux_losses(name)
+
+    parts.method.auxiliary_losses = at_the_discriminator_phase
+    before_student = copy.deepcopy(parts.engine.module.state_dict())
+    before_disc = copy.deepcopy(disc.state_dict())
+    logged, stepped = train_step(parts.engine, parts.method, next(parts.source), next(parts.target), 0,
+                                 parts.auxiliaries)
+    assert stepped and logged["adv.generator"] > 0 and logged["adv.discriminator"] > 0
+    assert all(torch.equal(g, torch.full_like(g, 7.0)) for g in seen["grads"])  # untouched by the generator
+    assert seen["requires_grad"]  # unfrozen again for its own phase
+    changed = [k for k, v in parts.engine.module.state_dict().items() if not torch.equal(v, before_student[k])]
+    assert any(k.startswith("backbone.") for k in changed)  # the student stepped
+    assert not all(torch.equal(v, before_disc[k]) for k, v in disc.state_dict().items())  # so did D
+    assert parts.auxiliaries.optimizers["discriminator"].state_dict()["state"][0]["step"] == 1
+
+
+def test_the_generator_term_reaches_the_student_through_the_frozen_discriminator(tiny_data_dir, tmp_path):
+    parts = Parts(_fada(tiny_data_dir, tmp_path, "method.source_weight=0"), CPU)
+    student = parts.engine.module
+    with parts.auxiliaries.frozen():
+        losses = parts.method.losses(student, next(parts.source), next(parts.target), 0)
+    losses["adv.generator"].backward()
+    assert all(p.grad is None for p in parts.method.discriminator.parameters())
+    assert student.backbone.parameters().__next__().grad.abs().sum() > 0
+
+
+def test_every_trainable_parameter_has_exactly_one_optimizer():
+    a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    check_one_optimizer_each({"a": a, "b": b}, {"a": list(a.parameters()), "b": list(b.parameters())})
+    with pytest.raises(RuntimeError, match=r"b\.weight is in 0 optimisers"):
+        check_one_optimizer_each({"a": a, "b": b}, {"a": list(a.parameters()), "b": [b.bias]})
+    with pytest.raises(RuntimeError, match=r"a\.weight is in 2 optimisers"):
+        check_one_optimizer_each({"a": a, "b": b}, {"a": list(a.parameters()), "b": [a.weight, *b.parameters()]})
+    with pytest.raises(RuntimeError, match="belong to no trained module"):
+        check_one_optimizer_each({"a": a}, {"a": [*a.parameters(), *b.parameters()]})
+
+
+def test_fada_without_source_weights_is_a_clear_error(tiny_data_dir, tmp_path):
+    cfg = apply_overrides(synthetic_fada(), tiny_overrides(tiny_data_dir, str(tmp_path)))
+    with pytest.raises(ConfigError, match="model.init_weights"):
+        Parts(cfg, CPU)
+
+
+def _states(parts):
+    aux = parts.auxiliaries
+    return {"student": parts.engine.module.state_dict(), "disc": aux.modules["discriminator"].state_dict(),
+            "disc_optim": aux.optimizers["discriminator"].state_dict()["state"],
+            "disc_lr": aux.lr("discriminator"), "lr": parts.engine.lr()}
+
+
+def _assert_equal(a, b, path=""):
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            _assert_equal(a[k], b[k], f"{path}.{k}")
+    elif torch.is_tensor(a):
+        assert torch.equal(a, b), path
+    else:
+        assert a == b, path
+
+
+def test_a_resumed_run_equals_an_uninterrupted_one_with_the_discriminator(tiny_data_dir, tmp_path):
+    cfg = _fada(tiny_data_dir, tmp_path)
+    straight = Parts(cfg, CPU)
+    for step in range(3):
+        _optimizer_step(straight, CPU, step)
+    save_state(straight, str(tmp_path / "ckpt"), 3, {"evaluations": [], "losses": []})
+    for step in range(3, 6):
+        _optimizer_step(straight, CPU, step)
+    expected = copy.deepcopy(_states(straight))
+
+    resumed = Parts(cfg, CPU)
+    assert load_state(resumed, str(tmp_path / "ckpt"))["step"] == 3
+    for step in range(3, 6):
+        _optimizer_step(resumed, CPU, step)
+    _assert_equal(_states(resumed), expected)
+    assert expected["disc_optim"][0]["step"] == 6
