@@ -6,6 +6,16 @@ import subprocess
 import sys
 import time
 
+import pytest
+import torch
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
 
 def tiny_overrides(cache_dir: str, out_dir: str) -> list[str]:
     """A run that takes seconds on a CPU: 32x64 images, a tiny backbone, few steps."""
@@ -37,9 +47,7 @@ def moto_server(bucket: str):
     (that environment, for Ray's runtime_env; the server's process)."""
     import boto3
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = os.path.join(os.path.dirname(sys.executable), "moto_server")
     proc = subprocess.Popen([server, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -75,9 +83,7 @@ def mlflow_server(folder):
     (job execution off: 490 MB instead of 1.6 GB); yields its URL once healthy."""
     import urllib.request
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     command = [os.path.join(os.path.dirname(sys.executable), "mlflow"), "server", "--backend-store-uri",
                f"sqlite:///{folder}/mlflow.db", "--artifacts-destination", str(folder / "artifacts"),
                "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
@@ -98,3 +104,22 @@ def mlflow_server(folder):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def assert_same_state(a, b, *, exact: bool = True, path: str = "") -> None:
+    """Nested dicts/lists of tensors and numbers are equal: bit for bit, or close (rtol 1e-4, atol 1e-6)."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for key in a:
+            assert_same_state(a[key], b[key], exact=exact, path=f"{path}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_state(x, y, exact=exact, path=f"{path}[{i}]")
+    elif torch.is_tensor(a):
+        if exact:
+            assert torch.equal(a, b), path
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=path)
+    else:
+        assert a == (b if exact else pytest.approx(b)), path

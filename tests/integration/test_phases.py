@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from tests.helpers import tiny_overrides
+from tests.helpers import assert_same_state, tiny_overrides
 from uda_dist.auxiliary import check_one_optimizer_each
 from uda_dist.checkpoint import load_state, save_state
 from uda_dist.config import apply_overrides
@@ -86,17 +86,6 @@ def _states(parts):
             "disc_lr": aux.lr("discriminator"), "lr": parts.engine.lr()}
 
 
-def _assert_equal(a, b, path=""):
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for k in a:
-            _assert_equal(a[k], b[k], f"{path}.{k}")
-    elif torch.is_tensor(a):
-        assert torch.equal(a, b), path
-    else:
-        assert a == b, path
-
-
 def test_a_resumed_run_equals_an_uninterrupted_one_with_the_discriminator(tiny_data_dir, tmp_path):
     cfg = _fada(tiny_data_dir, tmp_path)
     straight = Parts(cfg, CPU)
@@ -111,5 +100,5 @@ def test_a_resumed_run_equals_an_uninterrupted_one_with_the_discriminator(tiny_d
     assert load_state(resumed, str(tmp_path / "ckpt"))["step"] == 3
     for step in range(3, 6):
         _optimizer_step(resumed, CPU, step)
-    _assert_equal(_states(resumed), expected)
+    assert_same_state(_states(resumed), expected)
     assert expected["disc_optim"][0]["step"] == 6
