@@ -53,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(required=True, metavar="{build,verify,stats}")
     b = commands.add_parser("build", help="write a dataset split as shards + manifest")
     b.add_argument("--layout", required=True, choices=(*layouts.LAYOUTS, SYNTHETIC))
-    b.add_argument("--root", default="", help="the dataset root as published (see ../shared/DATASETS.md)")
+    b.add_argument("--root", default="", help="the dataset root as published (layouts: python -m shards --help, shards/layouts.py)")
     b.add_argument("--split", default="train")
     b.add_argument("--condition", default=None,
                    help="darkzurich: night/twilight/day; acdc: fog/night/rain/snow (default: all); "

@@ -1,6 +1,6 @@
 """Label decoding: the published label files of each dataset -> uint8 trainIds (255 = ignore).
 
-Encodings and id tables are those of ../shared/DATASETS.md:
+Encodings and id tables, per dataset:
 - Cityscapes: gtFine *_gtFine_labelIds.png, 8-bit single channel ("L"): labelIds, mapped to trainIds.
 - GTA5: labels/*.png, 8-bit palette ("P") PNGs whose palette INDEX is the Cityscapes labelId. Converting the
   image (to RGB or luminance, what a generic decoder does) destroys the labels: the raw index is read.

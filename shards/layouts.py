@@ -1,4 +1,4 @@
-"""The published on-disk layouts of GTA5, SYNTHIA, Cityscapes, Dark Zurich and ACDC (../shared/DATASETS.md) as
+"""The published on-disk layouts of GTA5, SYNTHIA, Cityscapes, Dark Zurich and ACDC as
 sorted lists of samples (image path, label path, how to decode the label), and their loading.
 
   gta5        images/{stem}.png + labels/{stem}.png (palette)                     key "{stem}"
@@ -112,7 +112,7 @@ def list_samples(layout: str, root: str, split: str, *, condition: str | None = 
     wanted = _check_condition(layout, split, condition)
     if not os.path.isdir(root):
         raise ValueError(f"dataset root {root!r} is not a folder: point it at the {layout} dataset root "
-                         f"(the folder that holds the layout of DATASETS.md)")
+                         f"(the folder that holds the published layout: python -m shards --help)")
     labeled, root = labels and (layout, split) not in _UNLABELED, os.path.abspath(root)
     folders = [_folder(layout, root, split, cond) for cond in wanted]
     if condition is None and len(folders) > 1:
@@ -180,7 +180,7 @@ def _folder_samples(folder: _Folder, root: str) -> list[SourceSample]:
 def _find(top: str, suffix: str, depth: int) -> dict[str, str]:
     """{relative path without suffix: path} of the files named *{suffix} exactly `depth` folders below top."""
     if not os.path.isdir(top):
-        raise ValueError(f"expected folder {top} is missing (see DATASETS.md for the layout)")
+        raise ValueError(f"expected folder {top} is missing (the published layout: shards/layouts.py)")
     folders = [""]
     for _ in range(depth):
         folders = [os.path.join(rel, entry.name) for rel in folders for entry in os.scandir(os.path.join(top, rel))

@@ -1,4 +1,4 @@
-"""Tiny dataset trees in the published layouts and label encodings of ../shared/DATASETS.md, for tests.
+"""Tiny dataset trees in the published layouts and label encodings (shards/layouts.py, shards/labels.py), for tests.
 
 Each make_<layout>_tree(root, rng) (MAKERS by layout) writes a few small images per split (and condition)
 under `root`, as the dataset ships them (decoy sibling files included), and returns what a correct reader

@@ -4,7 +4,7 @@ timm imports torchvision at import time. The registry's torchvision 0.28.0 (the 
 torch 2.13.0) is a CUDA build; with the CPU torch its ``_C`` extension fails to load, and
 ``torchvision/_meta_registrations.py`` then registers fake kernels for ``torchvision::nms`` and
 ``torchvision::qnms`` without checking, so ``import torchvision`` raises "operator torchvision::nms does
-not exist" (see ../shared/ENVIRONMENT.md). Declaring those two operator schemas first lets the pure-Python
+not exist" (README, "Environment notes"). Declaring those two operator schemas first lets the pure-Python
 parts of torchvision (and therefore all of timm) import. ``torchvision.ops.nms`` and torchvision's image
 decoding stay unavailable; uda_dist uses neither (images are decoded with Pillow).
 

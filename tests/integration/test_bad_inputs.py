@@ -100,7 +100,7 @@ def test_missing_manifest_names_the_setting(cli, tmp_path):
 
 
 def test_a_planted_pickle_in_a_run_checkpoint_is_refused_unread(tiny_data_dir, tmp_path):
-    """Regression: run.pt and rank{r}.pt were loaded with weights_only=False, so a file replaced in the run
+    """Regression: run.pt and rank{r}.pt were unpickled without weights_only, so a file replaced in the run
     storage ran its code on relaunch. Every file of the project's checkpoint is now refused unread."""
     from uda_dist.checkpoint import load_state, save_state
     from uda_dist.parts import Parts

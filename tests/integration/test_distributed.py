@@ -227,7 +227,7 @@ def test_relaunch_with_the_same_name_resumes(local_ray, tiny_data_dir, tmp_path)
     expected = launch(straight)
     assert [e["loss"] for e in summary["losses"]] == [e["loss"] for e in expected["losses"]]
     assert summary["confusion"] == expected["confusion"]
-    # Regression: DeepSpeed unpickled its files with weights_only=False, so a file replaced in the run
+    # Regression: DeepSpeed unpickled its files in full (not weights-only), so a file replaced in the run
     # storage ran its code on relaunch. Now it is refused, unread, and the relaunch fails with one line.
     from tests.integration.test_bad_inputs import plant
     from uda_dist.errors import CheckpointError

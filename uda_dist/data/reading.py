@@ -13,7 +13,7 @@
   unreadable dataset fails the run instead of spinning on resampled shards. An incomplete sample is never
   completed with another sample's members: grouping is by key within one shard.
 - Rare class sampling (DAFormer, Hoyer et al. CVPR 2022, mmseg/datasets/uda_dataset.py
-  get_rcs_class_probs and get_rare_class_sample; ../../shared/METHODS.md section 0): P(c) = softmax((1 - f_c)/T)
+  get_rcs_class_probs and get_rare_class_sample): P(c) = softmax((1 - f_c)/T)
   over the classes present, f_c the class's share of all labelled pixels; then a sample with more than
   min_pixels pixels of c, uniformly. Differences on purpose: the histograms are the manifest's (labels as
   stored in the shards, so min_pixels counts pixels at the shards' resolution), and a class with no sample

@@ -1,6 +1,6 @@
 """The shard contract: the one place that says what a sample and a manifest are.
 
-A sample is consecutive tar members sharing a key (../shared/DATASETS.md, "Shard conventions"):
+A sample is consecutive tar members sharing a key (the conventions below):
   {key}.png or {key}.jpg   the RGB image
   {key}.label.png          single-channel 8-bit trainIds, 255 = ignore (absent for unlabeled data)
   {key}.json               dataset, split, original path, size [H, W], class pixel histogram

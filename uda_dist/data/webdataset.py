@@ -3,7 +3,7 @@
 Built from webdataset's pieces (ResampledShards, tarfile_to_samples, shuffle, map, batched, with_epoch;
 https://github.com/webdataset/webdataset) in the shape its docs recommend for multi-node training:
 resampled shards and an explicit epoch length, so every rank runs the same number of steps however the
-shards divide (../../shared/DESIGN.md, boundary 4). Differences from the usual recipe, on purpose:
+shards divide. Differences from the usual recipe, on purpose:
 - Raw tar members are decoded by schema.decode_sample, never by webdataset's autodecoder (its image
   decoders convert modes and so destroy labels) and never as pickle.
 - The pipeline is built inside each DataLoader worker when an epoch starts, seeded from

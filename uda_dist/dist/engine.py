@@ -22,7 +22,7 @@ directory), so step.py and the methods do not know which one runs.
   schedule, stage-0 optimizer, counters, ds_config; with ZeRO 1/2 also zero_pp_rank_<r>_mp_rank_00_optim_states.pt
   per rank). ``load`` reads every one of them through ``SafeCheckpointLoader``, installed as the engine's
   checkpoint_engine: torch.load(weights_only=True) with a three-class allowlist instead of DeepSpeed's
-  torch.load(weights_only=False), so a file that would run code on unpickling is refused (CheckpointError,
+  full torch.load, so a file that would run code on unpickling is refused (CheckpointError,
   nothing executed). Not covered, and not used by this config: DeepSpeed's universal-checkpoint loading
   (checkpoint.load_universal), ZeRO-3 and NVMe offload, which read files with torch.load directly.
 """

@@ -1,7 +1,7 @@
 """SePiCo's semantic-guided pixel contrast: labels on the feature grid and the pixel-to-class losses.
 
 Paper: Xie, Li, Li, Liu, Huang, Wang, "SePiCo: Semantic-Guided Pixel Contrast for Domain Adaptive Semantic
-Segmentation", TPAMI 2023 (arXiv 2204.08808); ../shared/METHODS.md section 1. Reference: BIT-DA/SePiCo
+Segmentation", TPAMI 2023 (arXiv 2204.08808). Reference: BIT-DA/SePiCo
 mmseg/models/losses/contrastive_loss.py (downscale_label_ratio, proto_/bank_/dist_contrastive, proto_reg) and
 mmseg/models/utils/proto_estimator.py (the statistics and memory bank the losses read; see uda_dist/stats).
 

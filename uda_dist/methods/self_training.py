@@ -1,7 +1,7 @@
 """DAFormer-style mean-teacher self-training (DACS): EMA teacher, confidence-weighted pseudo-labels, ClassMix.
 
-Paper: Tranheden et al., "DACS", WACV 2021; Hoyer et al., "DAFormer", CVPR 2022 (../shared/METHODS.md
-section 0). Reference: lhoyer/DAFormer mmseg/models/uda/dacs.py and mmseg/models/utils/dacs_transforms.py.
+Paper: Tranheden et al., "DACS", WACV 2021; Hoyer et al., "DAFormer", CVPR 2022. Reference: lhoyer/DAFormer
+mmseg/models/uda/dacs.py and mmseg/models/utils/dacs_transforms.py.
 Differences on purpose:
 - no host syncs in the step: the pseudo-label quality weight q stays a device tensor (DAFormer calls .item()),
   and ClassMix picks classes from a presence vector instead of torch.unique;

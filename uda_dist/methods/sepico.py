@@ -1,7 +1,7 @@
 """SePiCo: semantic-guided pixel contrast on DAFormer self-training (ProtoCL, BankCL, DistCL).
 
 Paper: Xie et al., "SePiCo: Semantic-Guided Pixel Contrast for Domain Adaptive Semantic Segmentation",
-TPAMI 2023 (../shared/METHODS.md section 1). Reference: BIT-DA/SePiCo mmseg/models/uda/sepico.py.
+TPAMI 2023 Reference: BIT-DA/SePiCo mmseg/models/uda/sepico.py.
 
 One step, top to bottom:
 1. the teacher labels the un-augmented target (pseudo-labels, quality weight q), as in self-training;
@@ -59,8 +59,8 @@ class SePiCoConfig(SelfTrainingConfig):
     label_min_share: float = 0.75
     """Labels on the feature grid: keep the majority class where its share of the pooled pixels is >= this."""
     strong_source: bool = True
-    """Student's source pass (CE and source contrast) on the strongly augmented source, as METHODS.md section
-    1 states; False = the weak source image, as self-training's source CE."""
+    """Student's source pass (CE and source contrast) on the strongly augmented source, as the SePiCo paper
+    trains it; False = the weak source image, as self-training's source CE."""
     class_balanced_crops: int = 0
     """SePiCo's class-balanced target crop: from each (larger) target crop, take the best of this many random
     source-sized windows by the teacher's pseudo-labels, then label the window again; 0 = off. Needs

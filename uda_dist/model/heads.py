@@ -19,7 +19,7 @@ DeepLabV2Head -- Chen et al., "DeepLab", TPAMI 2018 (ASPP-L); reference DAFormer
 ProjectionHead -- Xie et al., "SePiCo", TPAMI 2023; reference BIT-DA/SePiCo
   mmseg/models/decode_heads/proj_head.py (ProjHead, num_convs=2, kernel 1, norm BN, act ReLU):
   x = cat of all levels resized to the first level's grid (DAFormer) or the last level (DeepLab-V2);
-  z = normalize( ReLU(BN(conv1x1( ReLU(BN(conv1x1(x))) ))) ) over channels, as ../shared/METHODS.md Sec. 1
+  z = normalize( ReLU(BN(conv1x1( ReLU(BN(conv1x1(x))) ))) ) over channels, as SePiCo's paper (Sec. 3)
   states. Hidden width: in_channels // number of concatenated levels (the reference's mid_channels: 256
   for MiT-B5's 1024, 2048 for ResNet-101's layer4), or ``hidden`` when given (a CPU-sized option). Because
   of the final ReLU, z >= 0 elementwise; a pixel whose D channels are all 0 stays the zero vector

@@ -1,4 +1,4 @@
-"""Recipes on the real benchmarks with the papers' defaults (METHODS.md sections 0 and 1).
+"""Recipes on the real benchmarks with the papers' defaults (DAFormer, SePiCo, FADA).
 
 They need the datasets as shards with manifests (built by `python -m shards build ... --out data/<folder>`,
 README "Datasets as shards") and local ImageNet weights; `--print-config` resolves them anywhere. Manifest
@@ -54,7 +54,7 @@ def gta_to_cs_deeplabv2() -> RunConfig:
                           output_stride=8))
 
 
-# ---------------------------------------------------------------- SePiCo (METHODS.md section 1)
+# ---------------------------------------------------------------- SePiCo (BIT-DA/SePiCo)
 # Hyperparameters from BIT-DA/SePiCo experiments.py: DistCL, tau 100, lambda 1, regulariser weight 1,
 # start at 3000 of 40k, projection dim 512, 640x640 crops, statistics over all source pixels from step 0.
 # Switch the contrast with --set method.contrast=proto|bank.

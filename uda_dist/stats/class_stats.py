@@ -1,6 +1,6 @@
 """Running per-class feature statistics of every source pixel seen since step 0 (SePiCo's class Gaussians).
 
-Paper: Xie et al., "SePiCo", TPAMI 2023 (../shared/METHODS.md section 1). Reference: BIT-DA/SePiCo
+Paper: Xie et al., "SePiCo", TPAMI 2023. Reference: BIT-DA/SePiCo
 mmseg/models/utils/proto_estimator.py (ProtoEstimator: Ave, CoVariance, Amount). Differences on purpose:
 - running (count, sum, sumsq) in float64 instead of (mean, variance, count); mean and variance are derived
   (stats/moments.py shows this equals the reference's recursive update);

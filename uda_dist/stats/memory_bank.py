@@ -1,7 +1,7 @@
 """Per-class memory bank of the last M per-batch class means (SePiCo's BankCL keys).
 
 Paper: Xie et al., "SePiCo", TPAMI 2023, centroid-aware pixel contrast with a memory bank
-(../shared/METHODS.md section 1). Reference: BIT-DA/SePiCo mmseg/models/utils/proto_estimator.py
+Reference: BIT-DA/SePiCo mmseg/models/utils/proto_estimator.py
 (ProtoEstimator.MemoryBank: one deque(maxlen=memory_length) per class, appended for each class in
 torch.unique(labels)). Differences on purpose:
 - one ring buffer tensor [K, M, D] with per-class fill counts and write positions, updated for all classes

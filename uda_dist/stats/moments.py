@@ -1,7 +1,7 @@
 """Per-class sufficient statistics of pixel features: count, sum and sum of squares, in float64.
 
 Paper: Xie et al., "SePiCo", TPAMI 2023, the class-conditional Gaussians of distribution-aware pixel contrast
-(../shared/METHODS.md section 1). Reference: BIT-DA/SePiCo mmseg/models/utils/proto_estimator.py
+Reference: BIT-DA/SePiCo mmseg/models/utils/proto_estimator.py
 (ProtoEstimator.update_proto), which keeps a running mean mu, a biased diagonal variance sigma2 and a count n per
 class and updates them per batch with w = n_c / (n_c + N_c):
   sigma2 <- (1-w) sigma2 + w v_c + w(1-w)(mu - m_c)^2,  mu <- (1-w) mu + w m_c,  N <- N + n_c.
