@@ -65,16 +65,14 @@ class Auxiliaries:
             for p in params:
                 p.requires_grad_(True)
 
-    def backward(self, name: str, loss: torch.Tensor) -> None:
+    def backward(self, loss: torch.Tensor) -> None:
         """Accumulate the gradient of one auxiliary's loss (divided by grad_accum, as the engine does)."""
         (loss / self.grad_accum if self.grad_accum > 1 else loss).backward()
 
     def step(self) -> None:
         """At an optimiser-step boundary: the gradients of every auxiliary averaged over ranks in one packed
         all-reduce, then each optimiser and schedule steps and its gradients are cleared."""
-        params = [p for optimizer in self.optimizers.values() for group in optimizer.param_groups
-                  for p in group["params"]]
-        collectives.average_gradients_(params)
+        collectives.average_gradients_([p for params in self.parameter_groups().values() for p in params])
         for name, optimizer in self.optimizers.items():
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

@@ -35,7 +35,7 @@ def train_step(engine: Any, method: Method, source: dict[str, Any], target: dict
     for name in auxiliaries.names:
         with engine.autocast():
             terms = method.auxiliary_losses(name)
-        auxiliaries.backward(name, torch.stack(list(terms.values())).sum())
+        auxiliaries.backward(torch.stack(list(terms.values())).sum())
         logged.update({term: value.detach() for term, value in terms.items()})
     if stepped:
         if auxiliaries:

@@ -73,8 +73,8 @@ class FADAConfig(MethodConfig):
         return FADA(self, student)
 
 
-def _to_image(x_BChw: torch.Tensor, image_B3HW: torch.Tensor) -> torch.Tensor:
-    return F.interpolate(x_BChw, size=image_B3HW.shape[-2:], mode="bilinear", align_corners=False)
+def _to_image(x_BChw: torch.Tensor, size: torch.Size) -> torch.Tensor:
+    return F.interpolate(x_BChw, size=size, mode="bilinear", align_corners=False)
 
 
 class FADA(Method):
@@ -93,14 +93,14 @@ class FADA(Method):
     def losses(self, student, source, target, step):
         cfg = self.cfg
         src = student(source["image"], with_features=True)
-        logits_src_BKHW = _to_image(src.logits_BKhw, source["image"])
+        logits_src_BKHW = _to_image(src.logits_BKhw, source["image"].shape[-2:])
         tgt = student(target["image"], with_features=True)
-        logits_tgt_BKHW = _to_image(tgt.logits_BKhw, target["image"])
+        logits_tgt_BKHW = _to_image(tgt.logits_BKhw, target["image"].shape[-2:])
         p_src_BKHW = class_domain_encoding(logits_src_BKHW, temperature=cfg.temperature, clip=cfg.clip)
         p_tgt_BKHW = class_domain_encoding(logits_tgt_BKHW, temperature=cfg.temperature, clip=cfg.clip)
-        d_tgt_B2KHW = _to_image(self.discriminator(tgt.features[-1]), target["image"])
-        self._cached = {"f_src": src.features[-1].detach(), "p_src": p_src_BKHW, "image_src": source["image"],
-                        "f_tgt": tgt.features[-1].detach(), "p_tgt": p_tgt_BKHW, "image_tgt": target["image"]}
+        d_tgt_B2KHW = _to_image(self.discriminator(tgt.features[-1]), logits_tgt_BKHW.shape[-2:])
+        self._cached = {"f_src": src.features[-1].detach(), "p_src": p_src_BKHW,
+                        "f_tgt": tgt.features[-1].detach(), "p_tgt": p_tgt_BKHW}
         return {"source.ce": cfg.source_weight * cross_entropy(logits_src_BKHW, source["label"]),
                 "adv.generator": cfg.adv_weight * fada_generator_loss(d_tgt_B2KHW, p_tgt_BKHW)}
 
@@ -108,6 +108,6 @@ class FADA(Method):
         if name != "discriminator" or self._cached is None:
             raise RuntimeError(f"FADA's {name!r} phase runs after its generator phase, once per micro-batch")
         c, self._cached = self._cached, None
-        d_src_B2KHW = _to_image(self.discriminator(c["f_src"]), c["image_src"])
-        d_tgt_B2KHW = _to_image(self.discriminator(c["f_tgt"]), c["image_tgt"])
+        d_src_B2KHW = _to_image(self.discriminator(c["f_src"]), c["p_src"].shape[-2:])
+        d_tgt_B2KHW = _to_image(self.discriminator(c["f_tgt"]), c["p_tgt"].shape[-2:])
         return {"adv.discriminator": fada_discriminator_loss(d_src_B2KHW, c["p_src"], d_tgt_B2KHW, c["p_tgt"])}
