@@ -80,7 +80,7 @@ def run_sweep(base: Any, space: dict[str, str], options: SweepOptions, *, recipe
     from ray import tune
 
     from uda_dist.launch import connect, prepare
-    from uda_dist.tracking import SweepRun
+    from uda_dist.tracking import sweep_run
 
     # Trials keep the driver's working directory (relative data paths, ./mlflow.db), and a report without
     # val.miou (a checkpoint between evaluations) is not an error for the scheduler.
@@ -91,7 +91,7 @@ def run_sweep(base: Any, space: dict[str, str], options: SweepOptions, *, recipe
     connect()
     parent = None
     if base.tracking.enabled:
-        parent = SweepRun(base.tracking, options.name, recipe=recipe, params=_sweep_params(recipe, space, options,
+        parent = sweep_run(base.tracking, options.name, recipe=recipe, params=_sweep_params(recipe, space, options,
                                                                                           overrides))
         base = apply_overrides(base, {"tracking.parent_run_id": parent.run_id})
     # The trial's driver only waits on its trainer: no CPU (Tune's default 1 CPU would leave the trainers of

@@ -23,6 +23,7 @@ from uda_dist.launch import LaunchConfig
 from uda_dist.methods.base import MethodConfig
 from uda_dist.model.segmentor import ModelConfig
 from uda_dist.optim import OptimConfig
+from uda_dist.pseudo_labels import LabelConfig
 from uda_dist.redact import redact
 from uda_dist.tracking import TrackingConfig
 
@@ -74,6 +75,7 @@ class RunConfig:
     method: MethodConfig = dataclasses.field(default_factory=MethodConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     engine: EngineConfig = dataclasses.field(default_factory=EngineConfig)
+    label: LabelConfig = dataclasses.field(default_factory=LabelConfig)
     launch: LaunchConfig = dataclasses.field(default_factory=LaunchConfig)
     tracking: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
 
@@ -117,7 +119,9 @@ def _replace_path(node: Any, path: list[str], value: Any, full_key: str) -> Any:
         where = f" under '{prefix}'" if prefix else ""
         raise ConfigError(f"unknown config key '{full_key}': '{name}' is not a field{where}; valid: {valid}")
     current = getattr(node, name)
-    if len(path) > 1:
+    if is_named_sections(current):
+        new = _replace_named(current, path[1:], value, full_key, f"{prefix + '.' if prefix else ''}{name}")
+    elif len(path) > 1:
         if not dataclasses.is_dataclass(current):
             raise ConfigError(f"unknown config key '{full_key}': '{prefix + '.' if prefix else ''}{name}' "
                               f"is a value, not a section")
@@ -132,6 +136,30 @@ def _replace_path(node: Any, path: list[str], value: Any, full_key: str) -> Any:
         return dataclasses.replace(node, **{name: new})
     except (ValueError, TypeError) as e:
         raise ConfigError(f"invalid value for '{full_key}': {e}") from None
+
+
+def is_named_sections(value: Any) -> bool:
+    """A tuple of config sections addressed by their ``name`` field (a pipeline's stages:
+    ``stages.<name>.<key>``)."""
+    return (isinstance(value, tuple) and bool(value)
+            and all(dataclasses.is_dataclass(v) and hasattr(v, "name") for v in value))
+
+
+def _replace_named(sections: tuple, path: list[str], value: Any, full_key: str, prefix: str) -> tuple:
+    names = [s.name for s in sections]
+    if not path:
+        raise ConfigError(f"'{full_key}' is a list of sections; set a field of one: {prefix}.<name>.<key>, "
+                          f"<name> one of {', '.join(names)}")
+    if path[0] not in names:
+        raise ConfigError(f"unknown config key '{full_key}': no {prefix} named '{path[0]}'; valid: "
+                          f"{', '.join(names)}")
+    if len(path) == 1:
+        raise ConfigError(f"'{full_key}' is a section; set one of its fields: "
+                          + ", ".join(f.name for f in dataclasses.fields(sections[0])))
+    if path[1] == "name":
+        raise ConfigError(f"'{full_key}' names the section and cannot be changed")
+    index = names.index(path[0])
+    return sections[:index] + (_replace_path(sections[index], path[1:], value, full_key),) + sections[index + 1:]
 
 
 def coerce(value: Any, hint: Any, key: str) -> Any:
@@ -200,6 +228,10 @@ def to_flat_dict(cfg: Any, prefix: str = "") -> dict[str, Any]:
         value = getattr(cfg, f.name)
         if dataclasses.is_dataclass(value):
             flat.update(to_flat_dict(value, f"{prefix}{f.name}."))
+        elif is_named_sections(value):
+            for section in value:  # its name is in the keys
+                at = f"{prefix}{f.name}.{section.name}."
+                flat.update({k: v for k, v in to_flat_dict(section, at).items() if k != f"{at}name"})
         else:
             flat[f"{prefix}{f.name}"] = value
     return flat
@@ -229,6 +261,9 @@ def format_config(cfg: Any, prefix: str = "") -> str:
         value = getattr(cfg, f.name)
         if dataclasses.is_dataclass(value):
             nested.append(format_config(value, f"{prefix}{f.name}."))
+            continue
+        if is_named_sections(value):
+            nested += [format_config(section, f"{prefix}{f.name}.{section.name}.") for section in value]
             continue
         text = f"{prefix}{f.name} = {redact(value)!r}"
         lines.append(f"{text:<48}  # {helps[f.name]}" if f.name in helps else text)

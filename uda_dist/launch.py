@@ -64,11 +64,15 @@ class LaunchConfig:
     """Worker-group restarts Ray Train allows before the run fails (FailureConfig.max_failures)."""
     keep_checkpoints: int = 2
     """Ray checkpoints kept (CheckpointConfig.num_to_keep)."""
+    step_offset: int = 0
+    """Added to the step reported to Ray (and a sweep's scheduler): a staged run sets it to the steps of its
+    earlier stages, so the reported step only grows across stages."""
 
     def __post_init__(self) -> None:
-        if self.workers < 0 or self.cpus_per_worker < 1 or self.max_failures < 0 or self.keep_checkpoints < 1:
-            raise ValueError("launch: workers >= 0, cpus_per_worker >= 1, max_failures >= 0 and "
-                             "keep_checkpoints >= 1 are required")
+        if (self.workers < 0 or self.cpus_per_worker < 1 or self.max_failures < 0 or self.keep_checkpoints < 1
+                or self.step_offset < 0):
+            raise ValueError("launch: workers >= 0, cpus_per_worker >= 1, max_failures >= 0, "
+                             "keep_checkpoints >= 1 and step_offset >= 0 are required")
 
 
 def launch(cfg: RunConfig, *, callbacks: tuple[Any, ...] = ()) -> dict[str, Any]:
@@ -98,7 +102,7 @@ def launch(cfg: RunConfig, *, callbacks: tuple[Any, ...] = ()) -> dict[str, Any]
                              callbacks=list(callbacks)),
     )
     # A sweep's trial (Tune's callback given) is stopped by Tune through the trial's own thread, and the sweep
-    # marks its stopped trials itself (SweepRun.mark_stopped); catching that stop here kept ASHA's stops from
+    # marks its stopped trials itself (ParentRun.mark_stopped); catching that stop here kept ASHA's stops from
     # taking effect (the sweep test's lr=1e-9 trial ran to the end in 3 of 5 runs).
     with contextlib.nullcontext() if callbacks else ended_on_error(cfg):
         result = trainer.fit()
@@ -140,7 +144,10 @@ def prepare(cfg: RunConfig) -> RunConfig:
     storage = lc.storage_path or os.path.join(output_dir, "ray")
     # decided once here: the workers' output folder and MLflow run are found again by it
     launch_cfg = dataclasses.replace(lc, run_name=run_name(cfg), storage_path=storage)
-    return dataclasses.replace(cfg, output_dir=output_dir, launch=launch_cfg, tracking=tracking)
+    label = cfg.label
+    if label.enabled and not label.out:  # in the run storage: every node of a cluster reaches it
+        label = dataclasses.replace(label, out=f"{storage.rstrip('/')}/{launch_cfg.run_name}.labels")
+    return dataclasses.replace(cfg, output_dir=output_dir, launch=launch_cfg, tracking=tracking, label=label)
 
 
 @contextlib.contextmanager
@@ -288,10 +295,18 @@ class _RayCheckpointer:
             save_state(parts, directory, step, history)
             if final is not None and parts.rank == 0:
                 _copy_results(output_folder(self.cfg), directory)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
-                             checkpoint_dir_name=f"step_{step:08d}")
+            ray.train.report(self._offset(metrics), checkpoint=ray.train.Checkpoint.from_directory(directory),
+                             checkpoint_dir_name=checkpoint_name(step))
 
     def report(self, metrics: dict[str, float]) -> None:
         import ray.train
 
-        ray.train.report(metrics)
+        ray.train.report(self._offset(metrics))
+
+    def _offset(self, metrics: dict[str, float]) -> dict[str, float]:
+        return {**metrics, "step": metrics["step"] + self.cfg.launch.step_offset}
+
+
+def checkpoint_name(step: int) -> str:
+    """The folder of the checkpoint at ``step`` in the run's storage, {storage_path}/{run name}/<this>."""
+    return f"step_{step:08d}"

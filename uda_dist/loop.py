@@ -31,6 +31,7 @@ from uda_dist.evaluation import evaluate, evaluation_record, pictures
 from uda_dist.metrics import iou_per_class, mean_iou
 from uda_dist.naming import output_folder, run_name
 from uda_dist.parts import GIB, Parts, available_memory, check_batch_memory, peak_memory, resolve_device, to_device
+from uda_dist.pseudo_labels import label_target
 from uda_dist.redact import redact_values
 from uda_dist.step import train_step
 from uda_dist.tracking import NullTracker, open_tracker
@@ -53,6 +54,8 @@ class RunResult:
     checkpoints: str = ""
     """Where its Ray checkpoints are ("" in one process without Ray)."""
     mlflow_run_id: str = ""
+    labels: str = ""
+    """The manifest of the pseudo-labels it wrote of the target train split ("" = none; label.enabled)."""
 
     def summary(self, cfg: RunConfig) -> dict[str, Any]:
         """What summary.json holds: the resolved config (credentials masked), the classes and this result."""
@@ -125,6 +128,8 @@ def _train_and_evaluate(cfg: RunConfig, parts: Parts, device: torch.device, firs
                        run_name=cfg.launch.run_name, outputs=os.path.abspath(out_dir))
     if parts.rank == 0:  # the student is identical on every rank
         torch.save(parts.engine.module.state_dict(), weights)
+    if cfg.label.enabled:  # before the summary and the final checkpoint: their presence means labelled
+        result.labels = label_target(parts.engine.module, cfg, device)
     return result
 
 

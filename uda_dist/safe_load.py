@@ -8,6 +8,8 @@ through uda_dist.dist.engine's checkpoint engine with the same rule.
 """
 from __future__ import annotations
 
+import io
+import os
 import pickle
 import re
 from typing import Any
@@ -17,13 +19,30 @@ import torch
 from uda_dist.errors import CheckpointError
 
 
+def exists(path: str) -> bool:
+    """Whether a weight file is there: a local path, or an s3:// URL (a staged run's storage)."""
+    if path.startswith("s3://"):
+        from uda_dist.data import s3
+
+        return s3.exists(path)
+    return os.path.isfile(path)
+
+
 def load_tensors(path: str, *, map_location: Any = "cpu", allowed: tuple[type, ...] = ()) -> Any:
     """torch.load(path, weights_only=True); CheckpointError "not a checkpoint: PATH (...)" for a file that is
     not a torch file, or that holds anything but tensors, plain containers and the ``allowed`` classes
-    (allowed during this call only; nothing else in the file is run). A missing file stays FileNotFoundError."""
+    (allowed during this call only; nothing else in the file is run). A missing file stays FileNotFoundError.
+    An s3:// path is read from the bucket (AWS_ENDPOINT_URL_S3) into memory first."""
+    source: Any = path
+    if path.startswith("s3://"):
+        from uda_dist.data import s3
+
+        if not s3.exists(path):
+            raise FileNotFoundError(f"{path} does not exist in the bucket")
+        source = io.BytesIO(s3.read_bytes(path))
     try:
         with torch.serialization.safe_globals(list(allowed)):
-            return torch.load(path, map_location=map_location, weights_only=True)
+            return torch.load(source, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise
     except pickle.UnpicklingError as e:

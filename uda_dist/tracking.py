@@ -11,8 +11,8 @@ a resumed run (Ray's restart, or a relaunch under the same name) continues the s
 making a second one. Through MlflowClient with an explicit
 tracking URI (no process-global active run), so it works the same in one process and in a Ray worker.
 
-A sweep (tune/) is a parent run (SweepRun) with one nested run per trial (tag mlflow.parentRunId, set from
-``tracking.parent_run_id``); ``list_runs`` reads runs back for the comparison command (uda_dist.compare).
+A sweep (tune/) is a parent run (ParentRun) with one nested run per trial (tag mlflow.parentRunId, set from
+``tracking.parent_run_id``), and so is a staged run (uda_dist.pipeline) with one nested run per stage; ``list_runs`` reads runs back for the comparison command (uda_dist.compare).
 
 Store: ``tracking.uri``; "" means $MLFLOW_TRACKING_URI, else a SQLite file ``mlflow.db`` in the working
 directory of the driver. ``prepare`` runs on the driver before any worker starts: it fixes the store to an
@@ -208,39 +208,55 @@ class MlflowTracker(NullTracker):
             self.client.log_artifact(self.run_id, path)
 
 
-class SweepRun:
-    """A sweep's parent MLflow run (found again by the sweep's name, so a resumed sweep continues it); its
-    trials' runs are nested under it (their tracking.parent_run_id is ``run_id``)."""
+class ParentRun:
+    """A parent MLflow run with runs nested under it (their tracking.parent_run_id is ``run_id``): a sweep's
+    (its trials) or a staged run's (its stages). Found again by its name, so a resumed sweep or a relaunched
+    staged run continues it; nested itself under tracking.parent_run_id when that is set (a staged run that
+    is a sweep's trial)."""
 
-    def __init__(self, tracking: TrackingConfig, name: str, *, recipe: str, params: dict[str, Any]):
+    def __init__(self, tracking: TrackingConfig, name: str, *, tags: dict[str, str], params: dict[str, Any]):
         self.client = client(tracking.uri)
         self.experiment = tracking.experiment
-        space = " ".join(f"{k.removeprefix('space.')}={v}" for k, v in params.items() if k.startswith("space."))
-        tags = {"recipe": recipe, "git_commit": _git_commit(), SWEEP_TAG: space}
+        tags = {"git_commit": _git_commit(), **tags,
+                **({PARENT_TAG: tracking.parent_run_id} if tracking.parent_run_id else {})}
         self.run_id, made = _find_or_create(self.client, tracking, name, tags)
         if made:
             _log_params(self.client, self.run_id, redact_values(params))
 
-    def mark_stopped(self, names: list[str]) -> None:
-        """The runs of the trials named here, ended by the sweep's scheduler (their processes killed), set
-        KILLED with tag uda_dist.early_stopped=true."""
-        for name in names:
-            run_id = _find(self.client, self.experiment, name)
-            if run_id:
-                self.client.set_tag(run_id, "uda_dist.early_stopped", "true")
-                self.client.set_terminated(run_id, status="KILLED")
-
-    def finish(self, *, metrics: dict[str, float], tags: dict[str, str], artifacts: list[str],
-               status: str = "FINISHED") -> None:
-        """The best trial's metrics and tags, the sweep's table and plot."""
+    def log_metrics(self, metrics: dict[str, float], *, step: int) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+    def mark_stopped(self, names: list[str]) -> None:
+        """The runs named here, ended by a sweep's scheduler (their processes killed), set KILLED with tag
+        uda_dist.early_stopped=true, and so are the runs still RUNNING under them (a staged trial's stage)."""
+        for name in names:
+            run_id = _find(self.client, self.experiment, name)
+            if not run_id:
+                continue
+            experiment = self.client.get_experiment_by_name(self.experiment).experiment_id
+            children = self.client.search_runs([experiment], filter_string=f"tags.`{PARENT_TAG}` = '{run_id}' "
+                                                                           f"and attributes.status = 'RUNNING'")
+            for run in [self.client.get_run(run_id), *children]:
+                self.client.set_tag(run.info.run_id, "uda_dist.early_stopped", "true")
+                self.client.set_terminated(run.info.run_id, status="KILLED")
+
+    def finish(self, *, metrics: dict[str, float], tags: dict[str, str], artifacts: list[str],
+               status: str = "FINISHED", step: int = 0) -> None:
+        """Its final metrics and tags (a sweep's best trial), artifacts (the sweep's table and plot), its end."""
+        self.log_metrics(metrics, step=step)
         for key, value in tags.items():
             self.client.set_tag(self.run_id, key, value)
         _log_artifacts(self.client, self.run_id, artifacts)
         self.client.set_terminated(self.run_id, status=status)
+
+
+def sweep_run(tracking: TrackingConfig, name: str, *, recipe: str, params: dict[str, Any]) -> ParentRun:
+    """A sweep's parent run: its search space in tag uda_dist.sweep (from params "space.<key>")."""
+    space = " ".join(f"{k.removeprefix('space.')}={v}" for k, v in params.items() if k.startswith("space."))
+    return ParentRun(tracking, name, tags={"recipe": recipe, SWEEP_TAG: space}, params=params)
 
 
 def list_runs(tracking: TrackingConfig, *, parent: str = "") -> list[dict[str, Any]]:

@@ -46,18 +46,23 @@ def _main(args: argparse.Namespace) -> int:
     if args.print_config:
         print(format_config(cfg))
         return 0
-    from uda_dist.launch import train
+    from uda_dist.pipeline import train
     from uda_dist.report import format_iou_table
     summary = train(cfg)
+    if "stages" in summary:  # a staged run: one row per stage
+        print(format_iou_table({f"{cfg.name}.{row['stage']}": row["iou"] for row in summary["stages"]}))
+        print("\n".join([f"staged run {summary['run_name']}: {summary['outputs']}"]
+                        + [where(row, summary["config"]) for row in summary["stages"]]))
+        return 0
     print(format_iou_table({cfg.name: summary["iou"]}))
     print(where(summary))
     return 0
 
 
-def where(summary: dict) -> str:
-    """Where a finished run's outputs, checkpoints and MLflow run are (the summary's config has its
-    credentials masked)."""
-    config = summary["config"]
+def where(summary: dict, config: dict | None = None) -> str:
+    """Where a finished run's outputs, checkpoints and MLflow run are (the summary's config, or the staged
+    run's ``config``, has its credentials masked)."""
+    config = config or summary["config"]
     lines = [f"run {summary['run_name']}", f"  outputs:     {summary['outputs']}"]
     if summary.get("checkpoints"):
         lines.append(f"  checkpoints: {summary['checkpoints']}")

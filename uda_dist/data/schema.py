@@ -198,24 +198,41 @@ def write_shards(samples: Iterable[dict[str, Any]], out_dir: str, *, dataset: st
     for index, chunk in enumerate(_chunks(samples, max_per_shard)):
         name = f"{dataset}-{split}-{index:06d}.tar"
         shards.append(ShardInfo(url=name, num_samples=len(chunk),
-                                samples=_write_tar(chunk, os.path.join(out_dir, name), labeled=labeled, keys=keys)))
+                                samples=write_tar(chunk, os.path.join(out_dir, name), labeled=labeled, keys=keys)))
         if on_shard is not None:
             on_shard(os.path.join(out_dir, name))
     if not shards:
         raise SchemaError(f"{dataset}/{split}: no samples to write")
-    class_pixels = np.zeros(NUM_CLASSES, dtype=np.int64)
-    for sample in (s for shard in shards for s in shard.samples if s.class_pixels):
-        class_pixels += sample.class_pixels
     path = os.path.join(out_dir, manifest_name(dataset, split))
-    manifest = Manifest(dataset=dataset, split=split, labeled=labeled, shards=tuple(shards),
-                        class_pixels=tuple(int(c) for c in class_pixels), location=path)
-    with open(path + ".tmp", "w") as f:
-        f.write(manifest.to_json())
-    os.replace(path + ".tmp", path)
+    manifest = manifest_of(shards, dataset=dataset, split=split, labeled=labeled, location=path)
+    save_manifest(manifest)
     return manifest
 
 
-def _write_tar(chunk: list[dict[str, Any]], path: str, *, labeled: bool, keys: set[str]) -> tuple[SampleIndex, ...]:
+def manifest_of(shards: Iterable[ShardInfo], *, dataset: str, split: str, labeled: bool, location: str) -> Manifest:
+    """The manifest of written shards: the split's class pixels summed from its samples' histograms."""
+    shards = tuple(shards)
+    class_pixels = np.zeros(NUM_CLASSES, dtype=np.int64)
+    for sample in (s for shard in shards for s in shard.samples if s.class_pixels):
+        class_pixels += sample.class_pixels
+    return Manifest(dataset=dataset, split=split, labeled=labeled, shards=shards,
+                    class_pixels=tuple(int(c) for c in class_pixels), location=location)
+
+
+def save_manifest(manifest: Manifest) -> None:
+    """Write the manifest at its location, a local path (to a temporary name, then renamed) or an s3:// URL
+    (one PUT): write it after its shards, so its presence means the split is complete."""
+    if manifest.location.startswith("s3://"):
+        from uda_dist.data import s3
+
+        s3.write_bytes(manifest.location, manifest.to_json().encode())
+        return
+    with open(manifest.location + ".tmp", "w") as f:
+        f.write(manifest.to_json())
+    os.replace(manifest.location + ".tmp", manifest.location)
+
+
+def write_tar(chunk: list[dict[str, Any]], path: str, *, labeled: bool, keys: set[str]) -> tuple[SampleIndex, ...]:
     """One shard, written to a temporary name and renamed; returns the index of its samples. The byte range
     of a sample comes from the tar writer's own offset before and after it (tarfile pads members to 512 B)."""
     import webdataset as wds

@@ -161,15 +161,15 @@ def train_loader(split: list[str] | schema.Manifest, *, cfg: LoaderConfig, label
                        pin_memory=torch.cuda.is_available())
 
 
-def eval_loader(urls: list[str], *, cfg: LoaderConfig, rank: int = 0,
-                world_size: int = 1) -> torch.utils.data.DataLoader:
+def eval_loader(urls: list[str], *, cfg: LoaderConfig, rank: int = 0, world_size: int = 1,
+                labeled: bool = True) -> torch.utils.data.DataLoader:
     """Full-size, un-augmented batches of this rank's share of the split: "image" float32 [B, 3, H, W] in
     [0, 1], "label" int64 [B, H, W], "key" list[str], "valid" bool [B]. Every sample is valid on exactly one
     rank; every rank yields the same number of batches (padded items have valid=False: leave them out of
     metrics). Each iteration is a fresh pass in shard order. Raises schema.SchemaError for a sample
-    without a label."""
+    without a label; with labeled=False no label is read and batches have none (labelling a split)."""
     _check_args(urls, rank, world_size)
-    dataset = _EvalPass(list(urls), cfg=cfg, rank=rank, world_size=world_size)
+    dataset = _EvalPass(list(urls), cfg=cfg, rank=rank, world_size=world_size, labeled=labeled)
     return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=cfg.num_workers,
                                        pin_memory=torch.cuda.is_available())
 
@@ -259,9 +259,9 @@ def _with_counts(batches: Iterator[dict[str, Any]], *, bad: BadData) -> Iterator
 class _EvalPass(torch.utils.data.IterableDataset):
     """One rank's share of an evaluation split, read in shard order, padded to the common length."""
 
-    def __init__(self, urls: list[str], *, cfg: LoaderConfig, rank: int, world_size: int):
+    def __init__(self, urls: list[str], *, cfg: LoaderConfig, rank: int, world_size: int, labeled: bool = True):
         super().__init__()
-        self.urls, self.cfg, self.rank, self.world_size = urls, cfg, rank, world_size
+        self.urls, self.cfg, self.rank, self.world_size, self.labeled = urls, cfg, rank, world_size, labeled
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         worker, num_workers = _worker_info()
@@ -270,7 +270,7 @@ class _EvalPass(torch.utils.data.IterableDataset):
         bad = BadData(self.cfg.bad_data)
         return iter(wds.DataPipeline(
             wds.SimpleShardList(self.urls), functools.partial(read_samples, bad=bad), share,
-            wds.map(functools.partial(_eval_sample, bad=bad)),
+            wds.map(functools.partial(_eval_sample, bad=bad, labeled=self.labeled)),
             wds.batched(self.cfg.eval_batch_size, collation_fn=_collate, partial=True),
             functools.partial(_with_counts, bad=bad)))
 
@@ -293,12 +293,12 @@ def _eval_share(raw_samples: Iterator[dict[str, Any]], *, rank: int, world_size:
             yield last, False
 
 
-def _eval_sample(item: tuple[dict[str, Any], bool], *, bad: BadData) -> dict[str, Any]:
+def _eval_sample(item: tuple[dict[str, Any], bool], *, bad: BadData, labeled: bool = True) -> dict[str, Any]:
     """A decoded evaluation sample. Under bad_data="skip" an unusable one becomes a placeholder of its recorded
     size that counts nowhere (valid=False), so every rank still yields the same number of batches."""
     raw, valid = item
     try:
-        image_HW3, label_HW, _ = decoded(raw, labeled=True)
+        image_HW3, label_HW, _ = decoded(raw, labeled=labeled)
     except Exception as exc:  # noqa: BLE001
         size = recorded_size(raw)
         if valid:  # a padding copy of an unusable last sample was counted by its owner
@@ -307,7 +307,7 @@ def _eval_sample(item: tuple[dict[str, Any], bool], *, bad: BadData) -> dict[str
             raise schema.SchemaError(f"evaluation sample {raw.get('__key__')!r} in {raw.get('__url__')} is unusable "
                                      f"and records no size to stand in for it: {exc!r}") from exc
         image_HW3 = np.zeros((*size, 3), dtype=np.uint8)
-        label_HW, valid = np.full(size, schema.IGNORE_INDEX, dtype=np.uint8), False
+        label_HW, valid = np.full(size, schema.IGNORE_INDEX, dtype=np.uint8) if labeled else None, False
     else:
         bad.good()
     return {"key": raw["__key__"], "image": image_HW3, "label": label_HW, "valid": valid}

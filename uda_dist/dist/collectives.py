@@ -13,6 +13,8 @@ Under Ray Train the gloo (CPU) or nccl (GPU) group already exists when the per-w
 - ``average_gradients_``: the auxiliary modules' gradients (a discriminator outside the DeepSpeed engine)
   averaged across ranks in ONE packed all-reduce per optimiser step, so they stay identical on every rank.
 - ``mean_for_log``: loss values averaged across ranks, called only at log cadence.
+- ``gather_objects``: every rank's small plain value (the index of the shards it wrote) on every rank, once
+  at the end of labelling a split.
 """
 from __future__ import annotations
 
@@ -85,3 +87,12 @@ def mean_for_log(values_N: torch.Tensor) -> torch.Tensor:
     out = values_N.detach().to(torch.float64).clone()
     dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out / dist.get_world_size()
+
+
+def gather_objects(value: object) -> list[object]:
+    """[rank 0's value, rank 1's, ...] on every rank (torch's all_gather_object; [value] in one process)."""
+    if not is_distributed():
+        return [value]
+    gathered: list[object] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered

@@ -18,14 +18,13 @@ Differences on purpose:
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from uda_dist.model.backbone import Backbone, LoadReport, load_backbone_weights
-from uda_dist.safe_load import load_tensors
+from uda_dist.safe_load import exists, load_tensors
 from uda_dist.model.heads import DAFormerHead, DeepLabV2Head, ProjectionHead
 
 HEADS = ("daformer", "deeplabv2")
@@ -206,7 +205,7 @@ def _is_leaf_norm(module: nn.Module) -> bool:
 def load_model_weights(model: nn.Module, path: str, *, fresh_prefixes: tuple[str, ...] = ("proj_head.",)) -> None:
     """Load a whole-model state dict: every entry must fit by name and shape, and every model entry must be in
     the file except those under ``fresh_prefixes`` (heads a warm start adds, which keep their init)."""
-    if not os.path.isfile(path):
+    if not exists(path):
         raise FileNotFoundError(f"model.init_weights {path!r} does not exist (a student.pt written by an earlier "
                                 f"run: outputs/<name>/student.pt)")
     state = load_tensors(path)
@@ -234,7 +233,7 @@ def check_model(cfg: ModelConfig) -> None:
         if cfg.pretrained:
             read_state_dict(cfg.pretrained)
         if cfg.init_weights:
-            if not os.path.isfile(cfg.init_weights):
+            if not exists(cfg.init_weights):
                 raise ValueError(f"model.init_weights {cfg.init_weights!r} does not exist")
             load_tensors(cfg.init_weights)
     except ValueError as e:

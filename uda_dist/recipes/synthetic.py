@@ -29,6 +29,8 @@ from uda_dist.methods.self_training import SelfTrainingConfig
 from uda_dist.methods.sepico import SePiCoConfig
 from uda_dist.model.segmentor import ModelConfig
 from uda_dist.optim import OptimConfig
+from uda_dist.pipeline import SECTIONS, PipelineConfig, StageConfig
+from uda_dist.pseudo_labels import LabelConfig
 
 
 def synthetic_source_only() -> RunConfig:
@@ -85,3 +87,15 @@ def synthetic_fada() -> RunConfig:
     The student keeps the source-only recipe's optimiser and its 700-step schedule, restarted."""
     base = synthetic_source_only()
     return dataclasses.replace(base, name="synthetic_fada", method=FADAConfig())
+
+
+def synthetic_fada_pipeline() -> PipelineConfig:
+    """FADA in full as one staged run: source-only -> adversarial (from its weights) -> label the target
+    train split -> self-distillation (a fresh model, cross-entropy on the hard pseudo-labels); 700 steps each."""
+    base = synthetic_source_only()
+    sections = {name: getattr(base, name) for name in SECTIONS}
+    return PipelineConfig(name="synthetic_fada_pipeline", stages=(
+        StageConfig(name="source", init="config", **sections),
+        StageConfig(name="adversarial", **{**sections, "method": FADAConfig(), "label": LabelConfig(enabled=True)}),
+        StageConfig(name="distill", init="config", labels_from="adversarial", **sections),
+    ))
