@@ -123,3 +123,18 @@ def assert_same_state(a, b, *, exact: bool = True, path: str = "") -> None:
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=path)
     else:
         assert a == (b if exact else pytest.approx(b)), path
+
+
+def for_every_stage(cfg, overrides: list[str]) -> list[str]:
+    """A staged run's overrides from a plain run's: keys of its own fields (output_dir, tracking.*, launch.*,
+    seed, name) as they are, every other key once per stage (stages.<stage>.<key>)."""
+    import dataclasses
+
+    shared = {f.name for f in dataclasses.fields(cfg)} - {"stages"}
+    out = []
+    for text in overrides:
+        if text.partition("=")[0].split(".")[0] in shared:
+            out.append(text)
+        else:
+            out += [f"stages.{stage.name}.{text}" for stage in cfg.stages]
+    return out
