@@ -79,7 +79,8 @@ def run_sweep(base: Any, space: dict[str, str], options: SweepOptions, *, recipe
     """Run the sweep; print and return its trials as rows {name, status, params, metrics, tags}."""
     from ray import tune
 
-    from uda_dist.launch import connect, prepare
+    from uda_dist.launch import connect
+    from uda_dist.pipeline import prepare, total_iterations
     from uda_dist.tracking import sweep_run
 
     # Trials keep the driver's working directory (relative data paths, ./mlflow.db), and a report without
@@ -106,7 +107,7 @@ def run_sweep(base: Any, space: dict[str, str], options: SweepOptions, *, recipe
         tuner = tune.Tuner(trainable, param_space=to_tune(space), tune_config=_tune_config(base, space, options),
                            run_config=tune.RunConfig(name=options.name, storage_path=storage,
                                                      failure_config=tune.FailureConfig(options.max_failures)))
-    rows = _rows(tuner.fit(), base.train.iterations)
+    rows = _rows(tuner.fit(), total_iterations(base))
     _report(rows, base, parent, options, recipe=recipe, overrides=overrides, space=space)
     return rows
 
@@ -116,13 +117,13 @@ def _trial(params: dict[str, Any], *, base: Any, sweep: str) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from uda_dist.launch import launch
+    from uda_dist.pipeline import train
 
     trial_id = tune.get_context().get_trial_id()
     cfg = apply_overrides(base, params)
     cfg = apply_overrides(cfg, {"launch.run_name": f"{sweep}-{trial_id}",
                                 "output_dir": os.path.join(base.output_dir, sweep)})
-    launch(cfg, callbacks=(TuneReportCallback(),))
+    train(cfg, callbacks=(TuneReportCallback(),))
 
 
 def _trial_base(base: Any, options: SweepOptions) -> tuple[Any, str]:
@@ -138,13 +139,16 @@ def _trial_base(base: Any, options: SweepOptions) -> tuple[Any, str]:
 
 
 def _check(base: Any, options: SweepOptions) -> None:
+    from uda_dist.pipeline import eval_every, total_iterations
+
     if options.trials < 1 or options.reduction < 2 or options.grace < 0 or options.max_concurrent < 0:
         raise ConfigError("--trials >= 1, --reduction >= 2, --grace >= 0 and --max-concurrent >= 0 are required")
-    if options.scheduler == "asha" and not base.train.eval_every:
+    if options.scheduler == "asha" and not eval_every(base):
         raise ConfigError("ASHA stops trials on their evaluations during training: set train.eval_every "
-                          "(e.g. --set train.eval_every=100), or use --scheduler fifo")
-    if options.grace > base.train.iterations:
-        raise ConfigError(f"--grace {options.grace} is beyond train.iterations={base.train.iterations}")
+                          "(e.g. --set train.eval_every=100; a staged run's stages.<stage>.train.eval_every), or "
+                          "use --scheduler fifo")
+    if options.grace > total_iterations(base):
+        raise ConfigError(f"--grace {options.grace} is beyond the run's {total_iterations(base)} steps")
 
 
 def _tune_config(base: Any, space: dict[str, str], options: SweepOptions) -> Any:
@@ -152,12 +156,15 @@ def _tune_config(base: Any, space: dict[str, str], options: SweepOptions) -> Any
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import BasicVariantGenerator
 
+    from uda_dist.pipeline import eval_every, total_iterations
+
     scheduler = FIFOScheduler()
     if options.scheduler == "asha":
         # stop_last_trials=False: a trial reaching the last step finishes by itself (its final report comes
-        # before the run's artifacts are recorded; stopping it there would cut them off).
-        scheduler = ASHAScheduler(time_attr="step", max_t=base.train.iterations,
-                                  grace_period=options.grace or base.train.eval_every,
+        # before the run's artifacts are recorded; stopping it there would cut them off). A staged run's
+        # steps run on across its stages (launch.step_offset).
+        scheduler = ASHAScheduler(time_attr="step", max_t=total_iterations(base),
+                                  grace_period=options.grace or eval_every(base),
                                   reduction_factor=options.reduction, stop_last_trials=False)
     concurrent = options.max_concurrent or _fitting_trials(base)
     searcher = _searcher(options.search, space, base.seed, max_concurrent=concurrent)

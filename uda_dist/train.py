@@ -50,7 +50,7 @@ def _main(args: argparse.Namespace) -> int:
     from uda_dist.report import format_iou_table
     summary = train(cfg)
     if "stages" in summary:  # a staged run: one row per stage
-        print(format_iou_table({f"{cfg.name}.{row['stage']}": row["iou"] for row in summary["stages"]}))
+        print(format_iou_table({row["stage"]: row["iou"] for row in summary["stages"]}))
         print("\n".join([f"staged run {summary['run_name']}: {summary['outputs']}"]
                         + [where(row, summary["config"]) for row in summary["stages"]]))
         return 0

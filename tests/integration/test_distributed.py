@@ -316,3 +316,91 @@ def test_the_local_ray_listens_on_loopback_only(local_ray):
                  if c.status == psutil.CONN_LISTEN and c.pid in ours]
     assert len(listening) >= 4  # GCS, raylet (node manager, object manager), a worker at least
     assert [entry for entry in listening if entry[1] not in ("127.0.0.1", "::ffff:127.0.0.1", "::1")] == []
+
+
+def _stage(cfg, name, **changes):
+    """cfg with stage ``name``'s fields replaced."""
+    return dataclasses.replace(cfg, stages=tuple(dataclasses.replace(s, **changes) if s.name == name else s
+                                                 for s in cfg.stages))
+
+
+def test_a_staged_run_killed_in_stage_2_resumes_it_without_retraining_stage_1(local_ray, tiny_data_dir, tmp_path):
+    """FADA's three stages with s3:// run storage on moto's server: stage 2 (its method swapped for one that
+    loses rank 1 at step 7) dies, and the relaunch under the same name skips stage 1, resumes stage 2 at its
+    checkpoint (step 5), labels the target train split on the 2 workers (every sample exactly once) and
+    trains stage 3 on those labels; MLflow has one parent run with one nested run per stage."""
+    from mlflow.tracking import MlflowClient
+
+    from tests.helpers import for_every_stage
+    from uda_dist.data.schema import read_manifest
+    from uda_dist.pipeline import run_pipeline
+    from uda_dist.recipes.synthetic import synthetic_fada_pipeline
+
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    base = synthetic_fada_pipeline()
+    cfg = apply_overrides(base, for_every_stage(base, tiny_overrides(tiny_data_dir, str(tmp_path)) + [
+        "train.log_every=1", "train.checkpoint_every=5", "launch.workers=2", "launch.run_name=staged",
+        "launch.storage_path=s3://runs/staged", "tracking.enabled=true", f"tracking.uri={store}"]) + [
+        "stages.source.train.iterations=4", "stages.adversarial.train.iterations=10",
+        "stages.distill.train.iterations=3"])
+    for name in ("source", "adversarial"):
+        os.makedirs(tmp_path / name)
+    cfg = _stage(cfg, "source", method=_CrashOnceConfig(log_dir=str(tmp_path / "source"), crash_step=-1))
+    cfg = _stage(cfg, "adversarial", method=_CrashOnceConfig(log_dir=str(tmp_path / "adversarial")))
+    with pytest.raises(Exception):
+        run_pipeline(cfg)  # stage 2's rank 1 dies at step 7, no retries: its checkpoint at step 5 is in S3
+    summary = run_pipeline(cfg)  # a new driver, the same run name
+
+    assert _attempts(tmp_path / "source" / "rank0.steps") == [[0, 1, 2, 3]]  # stage 1 trained once
+    first, second = _attempts(tmp_path / "adversarial" / "rank0.steps")
+    assert first[0] == 0 and first[-1] >= 5 and second == list(range(5, 10))  # resumed at its checkpoint
+    stages = {row["stage"]: row for row in summary["stages"]}
+    assert list(stages) == ["source", "adversarial", "distill"]
+    assert stages["adversarial"]["final_weights"] == "s3://runs/staged/staged.adversarial/step_00000010/student.pt"
+
+    # the pseudo-labels: in the bucket, manifest last, every target sample exactly once, from both workers
+    labels = stages["adversarial"]["labels"]
+    assert labels == "s3://runs/staged/staged.adversarial.labels/synthetic-target-train-pseudo.manifest.json"
+    written, target = read_manifest(labels), load_manifest(cfg.stages[1].data.target, cfg.stages[1].data.synthetic)
+    keys = [s.key for shard in written.shards for s in shard.samples]
+    assert sorted(keys) == sorted(s.key for shard in target.shards for s in shard.samples)
+    assert len(set(keys)) == len(keys) == target.num_samples == 24
+    assert {shard.url.split("-r")[-1][:3] for shard in written.shards} == {"000", "001"}
+    assert written.labeled and sum(written.class_pixels) == 24 * 32 * 64  # no threshold: every pixel labelled
+    with open(os.path.join(stages["distill"]["outputs"], "summary.json")) as f:
+        assert json.load(f)["config"]["data.source"] == labels  # stage 3 trained on them
+
+    client = MlflowClient(tracking_uri=store)
+    experiment = client.get_experiment_by_name("uda_dist").experiment_id
+    [parent] = client.search_runs([experiment], filter_string="tags.`uda_dist.run_name` = 'staged'")
+    assert parent.info.status == "FINISHED" and parent.data.tags["uda_dist.pipeline"] == "source adversarial distill"
+    assert parent.data.metrics["val.miou"] == pytest.approx(summary["miou"])
+    nested = client.search_runs([experiment], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert sorted(r.data.tags["uda_dist.run_name"] for r in nested) == [
+        "staged.adversarial", "staged.distill", "staged.source"]
+    assert {r.info.status for r in nested} == {"FINISHED"}
+    assert [m.step for m in client.get_metric_history(parent.info.run_id, "stage.distill.val.miou")] == [17]
+
+
+def test_a_sweep_over_a_stage_2_key_sees_one_step_that_only_grows(local_ray, tiny_data_dir, tmp_path):
+    """Two trials of FADA's first two stages, differing in a stage-2 key: what each reported to Tune runs on
+    across the stages (stage 2's steps after stage 1's), as ASHA needs it."""
+    from tests.helpers import for_every_stage
+    from tune.sweep import SweepOptions, run_sweep
+    from uda_dist.recipes.synthetic import synthetic_fada_pipeline
+
+    base = synthetic_fada_pipeline()
+    base = dataclasses.replace(base, stages=base.stages[:2])
+    base = apply_overrides(base, for_every_stage(base, tiny_overrides(tiny_data_dir, str(tmp_path)) + [
+        "train.iterations=4", "train.eval_every=2", "launch.workers=1"]) + ["stages.adversarial.label.enabled=false"])
+    space = {"stages.adversarial.method.adv_weight": "grid(0.001, 0.01)"}
+    options = SweepOptions(name="staged-sweep", trials=1, scheduler="fifo", max_concurrent=2,
+                           storage=str(tmp_path / "tune"))
+    rows = run_sweep(base, space, options, recipe="synthetic_fada_pipeline", overrides=[])
+    assert [row["status"] for row in rows] == ["FINISHED", "FINISHED"]
+    assert sorted(row["params"]["stages.adversarial.method.adv_weight"] for row in rows) == [0.001, 0.01]
+    results = glob.glob(str(tmp_path / "tune" / "staged-sweep" / "*" / "result.json"))
+    assert len(results) == 2
+    for path in results:
+        steps = [json.loads(line)["step"] for line in open(path)]
+        assert steps == [2, 4, 6, 8], (path, steps)  # evaluations at 2 and 4 of each stage, one after the other

@@ -8,18 +8,22 @@ import typing
 import pytest
 
 from uda_dist import train
+from uda_dist.config import is_named_sections
 from uda_dist.recipes import all_recipes
 
 NAME_KEYS = ("name", "launch.run_name")
 
 
 def typed_keys(cfg, prefix=""):
-    """(dotted key, annotated type) of every leaf field."""
+    """(dotted key, annotated type) of every leaf field (a staged recipe's: of every stage, by its name)."""
     hints = typing.get_type_hints(type(cfg))
     for field in dataclasses.fields(cfg):
         value = getattr(cfg, field.name)
         if dataclasses.is_dataclass(value):
             yield from typed_keys(value, f"{prefix}{field.name}.")
+        elif is_named_sections(value):
+            for section in value:
+                yield from typed_keys(section, f"{prefix}{field.name}.{section.name}.")
         else:
             yield f"{prefix}{field.name}", hints[field.name]
 
