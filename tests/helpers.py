@@ -130,7 +130,7 @@ def for_every_stage(cfg, overrides: list[str]) -> list[str]:
     seed, name) as they are, every other key once per stage (stages.<stage>.<key>)."""
     import dataclasses
 
-    shared = {f.name for f in dataclasses.fields(cfg)} - {"stages"}
+    shared = {f.name for f in dataclasses.fields(cfg)}  # "stages": a key of one stage already
     out = []
     for text in overrides:
         if text.partition("=")[0].split(".")[0] in shared:

@@ -40,12 +40,14 @@ def run(recipe: str, seed: int, out_dir: str, overrides: list[str], tag: str, in
     cfg = all_recipes()[recipe]()
     if isinstance(cfg, PipelineConfig):
         sets = for_every_stage(cfg, sets)
-        for item in reuse:  # STAGE=RECIPE: that recipe's run of this seed stands as the finished stage
+        for item in reuse:  # STAGE=RECIPE[.STAGE]: that run of this seed stands as the finished stage
             stage, _, earlier = item.partition("=")
+            recipe_part, dot, stage_part = earlier.partition(".")
             folder = os.path.join(out_dir, f"{name}.{stage}")
             os.makedirs(folder, exist_ok=True)
             for file in ("summary.json", "student.pt"):
-                shutil.copyfile(os.path.join(out_dir, f"{earlier}_seed{seed}", file), os.path.join(folder, file))
+                shutil.copyfile(os.path.join(out_dir, f"{recipe_part}_seed{seed}{dot}{stage_part}", file),
+                                os.path.join(folder, file))
     cmd = [sys.executable, "-m", "uda_dist.train", "--recipe", recipe, "--run-name", name, "--set", *sets]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     with open(os.path.join(out_dir, name, "summary.json")) as f:
@@ -68,8 +70,9 @@ def main() -> None:
                    help="start each seed from that recipe's run of the same seed (its student.pt in --out), as "
                         "FADA's adversarial stage starts from the source-only model")
     p.add_argument("--reuse", nargs="+", default=[], metavar="STAGE=RECIPE",
-                   help="staged recipes: that recipe's run of each seed (in --out) stands as the finished stage, "
-                        "which the staged run then skips (as a relaunch skips a finished stage)")
+                   help="staged recipes: that recipe's run (or a staged recipe's stage, RECIPE.STAGE) of each seed "
+                        "(in --out) stands as the finished stage, which the staged run then skips (as a relaunch "
+                        "skips a finished stage)")
     args = p.parse_args()
     if (args.overrides or args.init_from) and not args.tag:
         p.error("--set and --init-from need --tag (the runs' names must differ from the recipe's own runs)")
