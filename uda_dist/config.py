@@ -62,13 +62,9 @@ class TrainConfig:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class RunConfig:
-    name: str = "run"
-    """Run name: outputs go to {output_dir}/{name}."""
-    seed: int = 0
-    """Training seed (model init, data order, augmentation); the benchmark's own seed is data.synthetic.seed."""
-    output_dir: str = "outputs"
-    """Folder for run outputs (final weights, pictures)."""
+class TrainingSections:
+    """What a run trains, and on what: a run's sections, and each stage's own in a staged run."""
+
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
@@ -76,6 +72,19 @@ class RunConfig:
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     engine: EngineConfig = dataclasses.field(default_factory=EngineConfig)
     label: LabelConfig = dataclasses.field(default_factory=LabelConfig)
+
+
+TRAINING_SECTIONS = tuple(f.name for f in dataclasses.fields(TrainingSections))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunConfig(TrainingSections):
+    name: str = "run"
+    """Run name: outputs go to {output_dir}/{name}."""
+    seed: int = 0
+    """Training seed (model init, data order, augmentation); the benchmark's own seed is data.synthetic.seed."""
+    output_dir: str = "outputs"
+    """Folder for run outputs (final weights, pictures)."""
     launch: LaunchConfig = dataclasses.field(default_factory=LaunchConfig)
     tracking: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
 

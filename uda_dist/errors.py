@@ -2,6 +2,7 @@
 one line, no traceback (``run_cli``)."""
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -58,6 +59,9 @@ def run_cli(main: Callable[[], int]) -> int:
     except KeyboardInterrupt:
         print("stopped: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of the output went away (`--print-config | head`): nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit would fail too
+        return 141
 
 
 _requested: list[int] = []

@@ -30,28 +30,22 @@ import re
 import sys
 from typing import Any, Literal
 
-from uda_dist.config import RunConfig, TrainConfig, to_flat_dict
-from uda_dist.data.sources import DataConfig
-from uda_dist.dist.engine import EngineConfig
+from uda_dist.config import TRAINING_SECTIONS, RunConfig, TrainingSections, to_flat_dict
 from uda_dist.errors import RunError
 from uda_dist.launch import LaunchConfig, checkpoint_name
-from uda_dist.methods.base import MethodConfig
-from uda_dist.model.segmentor import ModelConfig
 from uda_dist.naming import run_name
-from uda_dist.optim import OptimConfig
-from uda_dist.pseudo_labels import LabelConfig
 from uda_dist.redact import redact_values
 from uda_dist.tracking import TrackingConfig
 
 STAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 PIPELINE_TAG = "uda_dist.pipeline"  # on a staged run's parent MLflow run: its stages, in order
-SECTIONS = ("data", "model", "optim", "method", "train", "engine", "label")
+SECTIONS = TRAINING_SECTIONS
 """A stage's own sections: those of a RunConfig that are not shared by the stages."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class StageConfig:
-    """One stage of a staged run."""
+class StageConfig(TrainingSections):
+    """One stage of a staged run: a run's training sections, and where its student and data come from."""
 
     name: str
     """The stage's name: its run is <run>.<name>, its keys stages.<name>.<key>."""
@@ -61,13 +55,6 @@ class StageConfig:
     labels_from: str = ""
     """An earlier stage that labelled the target train split (its label.enabled): train on its
     pseudo-labels in place of data.source. "" = data.source as set."""
-    data: DataConfig = dataclasses.field(default_factory=DataConfig)
-    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
-    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
-    method: MethodConfig = dataclasses.field(default_factory=MethodConfig)
-    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
-    engine: EngineConfig = dataclasses.field(default_factory=EngineConfig)
-    label: LabelConfig = dataclasses.field(default_factory=LabelConfig)
 
     def __post_init__(self) -> None:
         if not STAGE_NAME.fullmatch(self.name):

@@ -284,28 +284,6 @@ def test_more_workers_than_the_cluster_holds_fail_at_once(local_ray, tiny_data_d
     assert time.monotonic() - start < 60
 
 
-def test_checkpoints_in_s3_storage_resume(local_ray, tiny_data_dir, tmp_path):
-    """launch.storage_path=s3://...: the checkpoints go to the S3 server, and a relaunch resumes from there;
-    the workers stream the run's source and validation shards from the same server."""
-    import boto3
-
-    cfg = _crash_config(tiny_data_dir, tmp_path, "in-s3", max_failures=0, storage="s3://runs/uda")
-    data = {name: upload_split(load_manifest(getattr(cfg.data, name), cfg.data.synthetic), f"data/{name}")
-            for name in ("source", "val")}
-    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **data))
-    with pytest.raises(Exception):
-        launch(cfg)  # dies at step 7 with its checkpoint at step 5 in the bucket
-    keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="runs", Prefix="uda/in-s3/")["Contents"]]
-    assert any(k.startswith("uda/in-s3/step_00000005/") and k.endswith("run.pt") for k in keys)
-    assert not (tmp_path / "ray").exists()  # nothing went to the local default
-    summary = launch(cfg)
-    first, second = _attempts(tmp_path / "rank0.steps")
-    assert first[0] == 0 and second == list(range(5, 10))  # resumed from the checkpoint read back from S3
-    assert summary["steps"] == 10
-    keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="runs", Prefix="uda/in-s3/")["Contents"]]
-    assert any(k.startswith("uda/in-s3/step_00000010/") and k.endswith("summary.json") for k in keys)
-
-
 def test_the_local_ray_listens_on_loopback_only(local_ray):
     """Regression: the local Ray the launcher starts had its GCS, raylet and worker ports on all interfaces.
     (Run last in this module: the workers that earlier tests left idle are listening too.)"""
@@ -325,10 +303,12 @@ def _stage(cfg, name, **changes):
 
 
 def test_a_staged_run_killed_in_stage_2_resumes_it_without_retraining_stage_1(local_ray, tiny_data_dir, tmp_path):
-    """FADA's three stages with s3:// run storage on moto's server: stage 2 (its method swapped for one that
-    loses rank 1 at step 7) dies, and the relaunch under the same name skips stage 1, resumes stage 2 at its
-    checkpoint (step 5), labels the target train split on the 2 workers (every sample exactly once) and
-    trains stage 3 on those labels; MLflow has one parent run with one nested run per stage."""
+    """FADA's three stages with s3:// run storage on moto's server, their source and validation shards
+    streamed from it too: stage 2 (its method swapped for one that loses rank 1 at step 7) dies, and the
+    relaunch under the same name skips stage 1, resumes stage 2 at its checkpoint (step 5) read back from S3,
+    labels the target train split on the 2 workers (every sample exactly once) and trains stage 3 on those
+    labels; MLflow has one parent run with one nested run per stage."""
+    import boto3
     from mlflow.tracking import MlflowClient
 
     from tests.helpers import for_every_stage
@@ -345,11 +325,20 @@ def test_a_staged_run_killed_in_stage_2_resumes_it_without_retraining_stage_1(lo
         "stages.distill.train.iterations=3"])
     for name in ("source", "adversarial"):
         os.makedirs(tmp_path / name)
+    data = cfg.stages[0].data
+    data = dataclasses.replace(data, **{name: upload_split(load_manifest(getattr(data, name), data.synthetic),
+                                                           f"data/{name}") for name in ("source", "val")})
+    for stage in ("source", "adversarial"):
+        cfg = _stage(cfg, stage, data=data)
+    cfg = _stage(cfg, "distill", data=dataclasses.replace(cfg.stages[2].data, val=data.val))
     cfg = _stage(cfg, "source", method=_CrashOnceConfig(log_dir=str(tmp_path / "source"), crash_step=-1))
     cfg = _stage(cfg, "adversarial", method=_CrashOnceConfig(log_dir=str(tmp_path / "adversarial")))
     with pytest.raises(Exception):
         run_pipeline(cfg)  # stage 2's rank 1 dies at step 7, no retries: its checkpoint at step 5 is in S3
+    keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="runs", Prefix="staged/")["Contents"]]
+    assert any(k.startswith("staged/staged.adversarial/step_00000005/") and k.endswith("run.pt") for k in keys)
     summary = run_pipeline(cfg)  # a new driver, the same run name
+    assert not (tmp_path / "ray").exists()  # nothing went to the local default storage
 
     assert _attempts(tmp_path / "source" / "rank0.steps") == [[0, 1, 2, 3]]  # stage 1 trained once
     first, second = _attempts(tmp_path / "adversarial" / "rank0.steps")
