@@ -30,7 +30,7 @@ import re
 import sys
 from typing import Any, Literal
 
-from uda_dist.config import TRAINING_SECTIONS, RunConfig, TrainingSections, to_flat_dict
+from uda_dist.config import NAME_PATTERN, TRAINING_SECTIONS, RunConfig, TrainingSections, to_flat_dict
 from uda_dist.errors import RunError
 from uda_dist.launch import LaunchConfig, checkpoint_name
 from uda_dist.naming import run_name
@@ -77,8 +77,6 @@ class PipelineConfig:
     tracking: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
 
     def __post_init__(self) -> None:
-        from uda_dist.config import NAME_PATTERN
-
         if not NAME_PATTERN.fullmatch(self.name) or (self.launch.run_name and
                                                      not NAME_PATTERN.fullmatch(self.launch.run_name)):
             raise ValueError(f"name {self.name!r} and launch.run_name {self.launch.run_name!r} must be 1-128 "

@@ -1,5 +1,8 @@
 """Command line: `python -m uda_dist.train [--recipe NAME] [--set key=value ...]`.
 
+A recipe is one run, or a staged run (uda_dist.pipeline: its stages one after the other, each its own run,
+a relaunch under the same --run-name skipping the finished ones); a staged run prints one column per stage.
+
 With no arguments it runs the embedded default (uda_dist.demo): the synthetic benchmark, source-only,
 self-training and SePiCo DistCL on 2 Ray Train workers, a target mIoU table and a picture of predictions.
 """
