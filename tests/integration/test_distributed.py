@@ -196,49 +196,6 @@ def test_killed_worker_resumes_from_last_checkpoint(local_ray, tiny_data_dir, tm
     assert [entry["step"] for entry in summary["losses"]] == list(range(1, 11))  # history restored too
 
 
-def test_relaunch_with_the_same_name_resumes(local_ray, tiny_data_dir, tmp_path):
-    """...and its MLflow run (SQLite store) is continued, not doubled."""
-    from mlflow.tracking import MlflowClient
-
-    cfg = _crash_config(tiny_data_dir, tmp_path, "relaunch", max_failures=0)
-    store = f"sqlite:///{tmp_path}/mlflow.db"
-    cfg = apply_overrides(cfg, ["tracking.enabled=true", f"tracking.uri={store}"])
-    with pytest.raises(Exception):
-        launch(cfg)  # rank 1 dies at step 7, no retries: the run fails with its checkpoint at step 5
-    client = MlflowClient(tracking_uri=store)
-    [failed] = client.search_runs([client.get_experiment_by_name("uda_dist").experiment_id])
-    assert failed.info.status == "FAILED"  # the driver's word: the dead worker could not say it (was RUNNING)
-    summary = launch(cfg)  # a new driver, the same run name
-    first, second = _attempts(tmp_path / "rank0.steps")
-    assert first[0] == 0 and second == list(range(5, 10))
-    assert summary["steps"] == 10 and len(summary["losses"]) == 10
-    experiment = client.get_experiment_by_name("uda_dist")
-    [run] = client.search_runs([experiment.experiment_id])
-    assert run.info.status == "FINISHED" and run.data.tags["uda_dist.run_name"] == "relaunch"
-    # Regression: the experiment made by a Ray worker had its artifacts in the worker's temp folder
-    assert experiment.artifact_location == str(tmp_path / "mlruns" / "uda_dist")
-    assert "summary.json" in os.listdir(tmp_path / "mlruns" / "uda_dist" / run.info.run_id / "artifacts")
-    assert max(m.step for m in client.get_metric_history(run.info.run_id, "loss")) == 10
-    assert run.data.tags["checkpoint"].endswith("/relaunch")
-    # exact resume: the same losses and result as a run that was never interrupted
-    (tmp_path / "straight").mkdir()
-    straight = dataclasses.replace(_crash_config(tiny_data_dir, tmp_path, "straight", max_failures=0),
-                                   method=_CrashOnceConfig(log_dir=str(tmp_path / "straight"), crash_step=-1))
-    expected = launch(straight)
-    assert [e["loss"] for e in summary["losses"]] == [e["loss"] for e in expected["losses"]]
-    assert summary["confusion"] == expected["confusion"]
-    # Regression: DeepSpeed unpickled its files in full (not weights-only), so a file replaced in the run
-    # storage ran its code on relaunch. Now it is refused, unread, and the relaunch fails with one line.
-    from tests.integration.test_bad_inputs import plant
-    from uda_dist.errors import CheckpointError
-
-    planted = tmp_path / "ray" / "relaunch" / "step_00000010" / "engine" / "state" / "mp_rank_00_model_states.pt"
-    plant(planted, tmp_path / "ran")
-    with pytest.raises(CheckpointError, match=f"not a checkpoint: .*mp_rank_00_model_states.pt .*posix.system"):
-        launch(cfg)
-    assert not (tmp_path / "ran").exists()
-
-
 def test_credentials_in_the_tracking_uri_are_recorded_nowhere(local_ray, mlflow_server, tiny_data_dir, tmp_path,
                                                              tmp_path_factory, capfd):
     """Regression: a password in the tracking URI reached the MLflow params, config.json, summary.json, the
@@ -307,7 +264,8 @@ def test_a_staged_run_killed_in_stage_2_resumes_it_without_retraining_stage_1(lo
     streamed from it too: stage 2 (its method swapped for one that loses rank 1 at step 7) dies, and the
     relaunch under the same name skips stage 1, resumes stage 2 at its checkpoint (step 5) read back from S3,
     labels the target train split on the 2 workers (every sample exactly once) and trains stage 3 on those
-    labels; MLflow has one parent run with one nested run per stage."""
+    labels; MLflow has one parent run with one nested run per stage, continued by the relaunch; stage 2's
+    losses and result equal an uninterrupted run's; a pickle planted in the storage is refused on relaunch."""
     import boto3
     from mlflow.tracking import MlflowClient
 
@@ -337,6 +295,11 @@ def test_a_staged_run_killed_in_stage_2_resumes_it_without_retraining_stage_1(lo
         run_pipeline(cfg)  # stage 2's rank 1 dies at step 7, no retries: its checkpoint at step 5 is in S3
     keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="runs", Prefix="staged/")["Contents"]]
     assert any(k.startswith("staged/staged.adversarial/step_00000005/") and k.endswith("run.pt") for k in keys)
+    client = MlflowClient(tracking_uri=store)
+    experiment = client.get_experiment_by_name("uda_dist")
+    status = {r.data.tags["uda_dist.run_name"]: r.info.status for r in client.search_runs([experiment.experiment_id])}
+    # the driver's word for stage 2 and the parent: the dead worker could not say it (was RUNNING)
+    assert status == {"staged": "FAILED", "staged.source": "FINISHED", "staged.adversarial": "FAILED"}
     summary = run_pipeline(cfg)  # a new driver, the same run name
     assert not (tmp_path / "ray").exists()  # nothing went to the local default storage
 
@@ -359,16 +322,46 @@ def test_a_staged_run_killed_in_stage_2_resumes_it_without_retraining_stage_1(lo
     with open(os.path.join(stages["distill"]["outputs"], "summary.json")) as f:
         assert json.load(f)["config"]["data.source"] == labels  # stage 3 trained on them
 
-    client = MlflowClient(tracking_uri=store)
-    experiment = client.get_experiment_by_name("uda_dist").experiment_id
-    [parent] = client.search_runs([experiment], filter_string="tags.`uda_dist.run_name` = 'staged'")
+    # MLflow: the relaunch continued the runs (one parent, one run per stage, not doubled)
+    [parent] = client.search_runs([experiment.experiment_id], filter_string="tags.`uda_dist.run_name` = 'staged'")
     assert parent.info.status == "FINISHED" and parent.data.tags["uda_dist.pipeline"] == "source adversarial distill"
     assert parent.data.metrics["val.miou"] == pytest.approx(summary["miou"])
-    nested = client.search_runs([experiment], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
-    assert sorted(r.data.tags["uda_dist.run_name"] for r in nested) == [
-        "staged.adversarial", "staged.distill", "staged.source"]
-    assert {r.info.status for r in nested} == {"FINISHED"}
+    nested = {r.data.tags["uda_dist.run_name"]: r for r in client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")}
+    assert sorted(nested) == ["staged.adversarial", "staged.distill", "staged.source"]
+    assert {r.info.status for r in nested.values()} == {"FINISHED"}
     assert [m.step for m in client.get_metric_history(parent.info.run_id, "stage.distill.val.miou")] == [17]
+    resumed = nested["staged.adversarial"]
+    assert max(m.step for m in client.get_metric_history(resumed.info.run_id, "loss")) == 10
+    assert resumed.data.tags["checkpoint"] == "s3://runs/staged/staged.adversarial"
+    # Regression: the experiment made by a Ray worker had its artifacts in the worker's temp folder
+    assert experiment.artifact_location == str(tmp_path / "mlruns" / "uda_dist")
+    assert "summary.json" in os.listdir(tmp_path / "mlruns" / "uda_dist" / resumed.info.run_id / "artifacts")
+
+    # exact resume: stage 2's losses and result equal those of the same run never interrupted
+    from uda_dist.pipeline import prepare_pipeline, stage_run
+
+    os.makedirs(tmp_path / "straight")
+    straight = stage_run(prepare_pipeline(cfg), "adversarial", earlier={"source": stages["source"]})
+    straight = apply_overrides(dataclasses.replace(straight, method=_CrashOnceConfig(
+        log_dir=str(tmp_path / "straight"), crash_step=-1)), ["launch.run_name=straight", "label.enabled=false",
+                                                              "tracking.enabled=false", "launch.step_offset=0"])
+    expected = launch(straight)
+    with open(os.path.join(stages["adversarial"]["outputs"], "summary.json")) as f:
+        interrupted = json.load(f)
+    assert [e["loss"] for e in interrupted["losses"]] == [e["loss"] for e in expected["losses"]]
+    assert interrupted["confusion"] == expected["confusion"]
+    # Regression: DeepSpeed unpickled its files in full (not weights-only), so a file replaced in the run
+    # storage ran its code on relaunch. Now it is refused, unread, and the relaunch fails with one line.
+    from tests.integration.test_bad_inputs import plant
+    from uda_dist.errors import CheckpointError
+
+    plant(tmp_path / "planted.pt", tmp_path / "ran")
+    boto3.client("s3").upload_file(str(tmp_path / "planted.pt"), "runs",
+                                   "staged/straight/step_00000010/engine/state/mp_rank_00_model_states.pt")
+    with pytest.raises(CheckpointError, match=f"not a checkpoint: .*mp_rank_00_model_states.pt .*posix.system"):
+        launch(straight)
+    assert not (tmp_path / "ran").exists()
 
 
 def test_a_sweep_over_a_stage_2_key_sees_one_step_that_only_grows(local_ray, tiny_data_dir, tmp_path):
