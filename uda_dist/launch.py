@@ -33,7 +33,7 @@ import tempfile
 from typing import TYPE_CHECKING, Any, Iterator
 
 from uda_dist.errors import RunError
-from uda_dist.naming import output_folder, run_name
+from uda_dist.naming import join_location, output_folder, run_name
 
 if TYPE_CHECKING:
     from uda_dist.config import RunConfig
@@ -146,7 +146,7 @@ def prepare(cfg: RunConfig) -> RunConfig:
     launch_cfg = dataclasses.replace(lc, run_name=run_name(cfg), storage_path=storage)
     label = cfg.label
     if label.enabled and not label.out:  # in the run storage: every node of a cluster reaches it
-        label = dataclasses.replace(label, out=f"{storage.rstrip('/')}/{launch_cfg.run_name}.labels")
+        label = dataclasses.replace(label, out=join_location(storage, f"{launch_cfg.run_name}.labels"))
     return dataclasses.replace(cfg, output_dir=output_dir, launch=launch_cfg, tracking=tracking, label=label)
 
 
@@ -272,7 +272,7 @@ class _RayCheckpointer:
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
-        self.location = f"{cfg.launch.storage_path.rstrip('/')}/{cfg.launch.run_name}"  # where Ray keeps them
+        self.location = join_location(cfg.launch.storage_path, cfg.launch.run_name)  # where Ray keeps them
 
     def restore(self, parts: Parts) -> dict[str, Any] | None:
         import ray.train

@@ -23,6 +23,13 @@ def run_name(cfg: RunConfig) -> str:
     return f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
+def join_location(folder: str, *names: str) -> str:
+    """A path under a local folder or a URL under an s3://bucket/prefix (a run's storage)."""
+    if "://" in folder:
+        return "/".join([folder.rstrip("/"), *names])
+    return os.path.join(folder, *names)
+
+
 def output_folder(cfg: RunConfig) -> str:
     """The run's own folder, {output_dir}/{run name}: its weights, summary and pictures, never another's."""
     return os.path.join(cfg.output_dir, cfg.launch.run_name or cfg.name)

@@ -33,8 +33,9 @@ from typing import Any, Literal
 from uda_dist.config import NAME_PATTERN, TRAINING_SECTIONS, RunConfig, TrainingSections, to_flat_dict
 from uda_dist.errors import RunError
 from uda_dist.launch import LaunchConfig, checkpoint_name
-from uda_dist.naming import run_name
+from uda_dist.naming import join_location, run_name
 from uda_dist.redact import redact_values
+from uda_dist.safe_load import exists
 from uda_dist.tracking import TrackingConfig
 
 STAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
@@ -185,7 +186,8 @@ def run_pipeline(cfg: PipelineConfig, *, callbacks: tuple[Any, ...] = ()) -> dic
                            tags={"recipe": cfg.name, PIPELINE_TAG: " ".join(s.name for s in cfg.stages)})
     earlier: dict[str, dict[str, Any]] = {}
     # A sweep's trial is stopped by Tune through its own thread; the sweep marks it (see uda_dist.launch).
-    with contextlib.nullcontext() if callbacks else _parent_ended_on_error(parent):
+    # Otherwise the parent run is marked FAILED or KILLED as a single run is (a stage's run by its launch).
+    with contextlib.nullcontext() if callbacks else launch.ended_on_error(cfg):  # type: ignore[arg-type]
         for stage in cfg.stages:
             run_cfg = stage_run(cfg, stage.name, parent_run_id=parent.run_id if parent else "", earlier=earlier)
             summary = finished_summary(run_cfg)
@@ -194,7 +196,7 @@ def run_pipeline(cfg: PipelineConfig, *, callbacks: tuple[Any, ...] = ()) -> dic
                       f"{100 * summary['miou']:.2f}), skipped", file=sys.stderr, flush=True)
             else:
                 print(f"[pipeline] stage {stage.name}: run {run_cfg.launch.run_name}", file=sys.stderr, flush=True)
-                summary = launch.launch(run_cfg, callbacks=callbacks) if run_cfg.launch.workers else launch.train(run_cfg)
+                summary = train(run_cfg, callbacks=callbacks)
             earlier[stage.name] = {**summary, "final_weights": final_weights(run_cfg)}
             if parent is not None:
                 end = run_cfg.launch.step_offset + run_cfg.train.iterations
@@ -221,20 +223,6 @@ def _summary(cfg: PipelineConfig, stages: dict[str, dict[str, Any]], parent_id: 
             "mlflow_run_id": parent_id, "classes": stages[last["stage"]].get("classes")}
 
 
-@contextlib.contextmanager
-def _parent_ended_on_error(parent: Any):
-    """The parent MLflow run marked KILLED (Ctrl-C, SIGTERM) or FAILED when a stage does not end normally
-    (the stage's own run is marked by the launcher)."""
-    try:
-        yield
-    except BaseException as e:
-        if parent is not None:
-            with contextlib.suppress(Exception):
-                parent.client.set_terminated(parent.run_id,
-                                             status="KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
-        raise
-
-
 def final_weights(run_cfg: RunConfig) -> str:
     """Where a stage's final student weights are: its final checkpoint in the run storage (Ray), or its
     output folder (one process)."""
@@ -246,10 +234,10 @@ def finished_summary(run_cfg: RunConfig) -> dict[str, Any] | None:
     from uda_dist.data import s3
 
     location = _final_file(run_cfg, "summary.json")
-    if location.startswith("s3://"):
-        return json.loads(s3.read_bytes(location)) if s3.exists(location) else None
-    if not os.path.isfile(location):
+    if not exists(location):
         return None
+    if location.startswith("s3://"):
+        return json.loads(s3.read_bytes(location))
     with open(location) as f:
         return json.load(f)
 
@@ -259,8 +247,6 @@ def _final_file(run_cfg: RunConfig, name: str) -> str:
     if not lc.run_name:
         raise RunError("a staged run's stages need its run name (prepare_pipeline sets it)")
     if lc.workers:
-        storage = lc.storage_path.rstrip("/")
-        folder = f"{storage}/{lc.run_name}/{checkpoint_name(run_cfg.train.iterations)}"
-        return f"{folder}/{name}" if "://" in storage else os.path.join(folder, name)
+        return join_location(lc.storage_path, lc.run_name, checkpoint_name(run_cfg.train.iterations), name)
     return os.path.join(run_cfg.output_dir, lc.run_name, name)
 

@@ -29,6 +29,8 @@ from uda_dist.data.sources import load_manifest
 from uda_dist.data.webdataset import eval_loader
 from uda_dist.dist import collectives
 from uda_dist.errors import RunError
+from uda_dist.naming import join_location
+from uda_dist.safe_load import exists
 
 if TYPE_CHECKING:
     from uda_dist.config import RunConfig
@@ -59,11 +61,7 @@ class LabelConfig:
 
 def manifest_location(out: str, target: schema.Manifest) -> str:
     """Where the pseudo-labels of ``target`` written to ``out`` have their manifest."""
-    return join(out, schema.manifest_name(target.dataset, target.split + SPLIT_SUFFIX))
-
-
-def join(folder: str, name: str) -> str:
-    return f"{folder.rstrip('/')}/{name}" if "://" in folder else os.path.join(folder, name)
+    return join_location(out, schema.manifest_name(target.dataset, target.split + SPLIT_SUFFIX))
 
 
 @torch.no_grad()
@@ -132,7 +130,7 @@ def _write(samples: list[dict[str, Any]], out: str, *, prefix: str, max_per_shar
         if remote:
             from uda_dist.data import s3
 
-            s3.upload_files([(os.path.join(staging, name), join(out, name)) for name, _, _ in written])
+            s3.upload_files([(os.path.join(staging, name), join_location(out, name)) for name, _, _ in written])
     return [{"url": name, "num_samples": count,
              "samples": [[s.key, s.offset, s.size, list(s.class_pixels)] for s in index]}
             for name, count, index in written]
@@ -153,9 +151,7 @@ def _check_each_once(shards: list[schema.ShardInfo], target: schema.Manifest, *,
 
 def _complete(location: str, target: schema.Manifest) -> bool:
     """Whether a manifest of the pseudo-labels of every target sample is at ``location``."""
-    from uda_dist.data import s3
-
-    if not (s3.exists(location) if location.startswith("s3://") else os.path.isfile(location)):
+    if not exists(location):
         return False
     written = schema.read_manifest(location)
     expected = {s.key for shard in target.shards for s in shard.samples}

@@ -232,11 +232,11 @@ class ParentRun:
     def mark_stopped(self, names: list[str]) -> None:
         """The runs named here, ended by a sweep's scheduler (their processes killed), set KILLED with tag
         uda_dist.early_stopped=true, and so are the runs still RUNNING under them (a staged trial's stage)."""
+        experiment = self.client.get_experiment_by_name(self.experiment).experiment_id
         for name in names:
             run_id = _find(self.client, self.experiment, name)
             if not run_id:
                 continue
-            experiment = self.client.get_experiment_by_name(self.experiment).experiment_id
             children = self.client.search_runs([experiment], filter_string=f"tags.`{PARENT_TAG}` = '{run_id}' "
                                                                            f"and attributes.status = 'RUNNING'")
             for run in [self.client.get_run(run_id), *children]:
