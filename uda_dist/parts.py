@@ -133,7 +133,8 @@ class Parts:
         # rank 0 keeps the single-process seed; the other ranks draw their own mixing/cropping randomness
         self.reduce_timer = ReduceTimer(device) if cfg.train.time_stats_reduce else None
         self.method = cfg.method.build(student, seed=cfg.seed + 7919 * self.rank,
-                                       reducer=self.reduce_timer or collectives.all_reduce_sum_)
+                                       reducer=self.reduce_timer or collectives.all_reduce_sum_,
+                                       total_steps=cfg.train.iterations)
         self.grad_accum = cfg.engine.grad_accum
         self.samples_per_step = world * data.loader.batch_size * self.grad_accum
         self.auxiliaries = Auxiliaries(self.method.auxiliaries(), total_steps=cfg.train.iterations,

@@ -51,7 +51,7 @@ def one_rank_group():
 class _FADAWithTeacherConfig(FADAConfig):
     """FADA plus an EMA teacher updated after each optimiser step (to check when after_step runs)."""
 
-    def build(self, student, *, seed, reducer=None):
+    def build(self, student, *, seed, reducer=None, total_steps=0):
         return _FADAWithTeacher(self, student)
 
 

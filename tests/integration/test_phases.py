@@ -1,8 +1,10 @@
-"""The discriminator phase in one process: the generator phase leaves the discriminator alone, every trainable
-parameter has one optimiser, and a resumed run equals an uninterrupted one with the discriminator included."""
+"""The discriminator phase in one process, for FADA and ASANet: the generator phase leaves the discriminator
+alone, the discriminator's phase leaves the student alone, every trainable parameter has one optimiser, and a
+resumed run equals an uninterrupted one with the discriminator included."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -13,11 +15,13 @@ from uda_dist.checkpoint import load_state, save_state
 from uda_dist.config import apply_overrides
 from uda_dist.errors import ConfigError
 from uda_dist.loop import _optimizer_step
+from uda_dist.methods.asanet import ASANetConfig
 from uda_dist.parts import Parts
 from uda_dist.recipes.synthetic import synthetic_fada
 from uda_dist.step import train_step
 
 CPU = torch.device("cpu")
+METHODS = ("fada", "asanet")
 
 
 def _fada(tiny_data_dir, tmp_path, *extra):
@@ -25,8 +29,18 @@ def _fada(tiny_data_dir, tmp_path, *extra):
         "method.from_scratch=true", "method.disc_hidden=16", "train.iterations=6", *extra])
 
 
-def test_the_generator_phase_gives_the_discriminator_no_gradient(tiny_data_dir, tmp_path):
-    parts = Parts(_fada(tiny_data_dir, tmp_path), CPU)
+def _asanet(tiny_data_dir, tmp_path, *extra):
+    cfg = dataclasses.replace(synthetic_fada(), method=ASANetConfig(disc_width=8, asc_weight=0.01))
+    return apply_overrides(cfg, tiny_overrides(tiny_data_dir, str(tmp_path)) + ["train.iterations=6", *extra])
+
+
+def _config(method, tiny_data_dir, tmp_path, *extra):
+    return (_fada if method == "fada" else _asanet)(tiny_data_dir, tmp_path, *extra)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_the_generator_phase_gives_the_discriminator_no_gradient(method, tiny_data_dir, tmp_path):
+    parts = Parts(_config(method, tiny_data_dir, tmp_path), CPU)
     disc = parts.method.discriminator
     for p in disc.parameters():
         p.grad = torch.full_like(p, 7.0)  # sentinels: the generator phase must leave them as they are
@@ -52,14 +66,47 @@ def test_the_generator_phase_gives_the_discriminator_no_gradient(tiny_data_dir, 
     assert parts.auxiliaries.optimizers["discriminator"].state_dict()["state"][0]["step"] == 1
 
 
-def test_the_generator_term_reaches_the_student_through_the_frozen_discriminator(tiny_data_dir, tmp_path):
-    parts = Parts(_fada(tiny_data_dir, tmp_path, "method.source_weight=0"), CPU)
+@pytest.mark.parametrize("method", METHODS)
+def test_the_generator_term_reaches_the_student_through_the_frozen_discriminator(method, tiny_data_dir, tmp_path):
+    parts = Parts(_config(method, tiny_data_dir, tmp_path, "method.source_weight=0"), CPU)
     student = parts.engine.module
     with parts.auxiliaries.frozen():
         losses = parts.method.losses(student, next(parts.source), next(parts.target), 0)
     losses["adv.generator"].backward()
     assert all(p.grad is None for p in parts.method.discriminator.parameters())
     assert student.backbone.parameters().__next__().grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_the_discriminator_phase_gives_the_student_no_gradient(method, tiny_data_dir, tmp_path):
+    parts = Parts(_config(method, tiny_data_dir, tmp_path), CPU)
+    student = parts.engine.module
+    with parts.auxiliaries.frozen():
+        parts.method.losses(student, next(parts.source), next(parts.target), 0)
+    parts.method.auxiliary_losses("discriminator")["adv.discriminator"].backward()
+    assert all(p.grad is None for p in student.parameters())  # it reads the student's outputs detached
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in parts.method.discriminator.parameters())
+
+
+def test_asanet_damps_its_adversarial_term_linearly_and_cleans_without_a_discriminator(tiny_data_dir, tmp_path):
+    parts = Parts(_asanet(tiny_data_dir, tmp_path, "train.iterations=8"), CPU)
+    source, target = next(parts.source), next(parts.target)
+    with torch.no_grad(), parts.auxiliaries.frozen():
+        terms = []
+        for step in (0, 4):  # the same batch and weights at steps 0 and 4 of 8: half the weight
+            torch.manual_seed(0)  # the same dropout
+            terms.append(parts.method.losses(parts.engine.module, source, target, step))
+    assert terms[1]["adv.generator"].item() == pytest.approx(0.5 * terms[0]["adv.generator"].item(), rel=1e-5)
+    assert terms[1]["asc"].item() == pytest.approx(terms[0]["asc"].item(), rel=1e-6) and terms[0]["asc"] > 0
+
+    cleaning = Parts(_asanet(tiny_data_dir, tmp_path, "method.adv_weight=0"), CPU)
+    assert cleaning.method.discriminator is None and not cleaning.auxiliaries
+    logged, stepped = train_step(cleaning.engine, cleaning.method, next(cleaning.source), next(cleaning.target), 0,
+                                 cleaning.auxiliaries)
+    assert stepped and set(logged) >= {"source.ce", "asc"} and "adv.generator" not in logged
+    with pytest.raises(ConfigError, match="affinity grid of at least 32 pixels a side, got \\(16, 32\\)"):
+        small = Parts(_asanet(tiny_data_dir, tmp_path, "method.affinity_scale=0.5"), CPU)
+        small.method.losses(small.engine.module, source, target, 0)
 
 
 def test_every_trainable_parameter_has_exactly_one_optimizer():
@@ -86,8 +133,9 @@ def _states(parts):
             "disc_lr": aux.lr("discriminator"), "lr": parts.engine.lr()}
 
 
-def test_a_resumed_run_equals_an_uninterrupted_one_with_the_discriminator(tiny_data_dir, tmp_path):
-    cfg = _fada(tiny_data_dir, tmp_path)
+@pytest.mark.parametrize("method", METHODS)
+def test_a_resumed_run_equals_an_uninterrupted_one_with_the_discriminator(method, tiny_data_dir, tmp_path):
+    cfg = _config(method, tiny_data_dir, tmp_path)
     straight = Parts(cfg, CPU)
     for step in range(3):
         _optimizer_step(straight, CPU, step)

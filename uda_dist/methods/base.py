@@ -35,9 +35,12 @@ class MethodConfig:
         if self.source_weight < 0:
             raise ValueError(f"source_weight must be >= 0, got {self.source_weight}")
 
-    def build(self, student: nn.Module, *, seed: int, reducer: Reducer | None = None) -> "Method":
+    def build(self, student: nn.Module, *, seed: int, reducer: Reducer | None = None,
+              total_steps: int = 0) -> "Method":
         """The method for this student. ``reducer`` sums a flat tensor over workers in place (the identity in
-        one process); methods with cross-worker statistics (SePiCo) use it, the others ignore it."""
+        one process); methods with cross-worker statistics (SePiCo) use it, the others ignore it.
+        ``total_steps`` is the run's optimiser steps (train.iterations), for methods whose weights follow the
+        schedule (ASANet's damped adversarial term)."""
         return SourceOnly(self)
 
 

@@ -66,7 +66,8 @@ class FADAConfig(MethodConfig):
             raise ValueError("adv_weight >= 0, temperature > 0, clip in (0, 1] and disc_hidden >= 2 are required, "
                              f"got {self.adv_weight}, {self.temperature}, {self.clip}, {self.disc_hidden}")
 
-    def build(self, student: nn.Module, *, seed: int, reducer: Reducer | None = None) -> "FADA":
+    def build(self, student: nn.Module, *, seed: int, reducer: Reducer | None = None,
+              total_steps: int = 0) -> "FADA":
         if not self.from_scratch and not student.cfg.init_weights:
             raise ConfigError("FADA adapts a source-trained model: set model.init_weights to a source-only run's "
                               "student.pt (outputs/<run>/student.pt), or method.from_scratch=true")

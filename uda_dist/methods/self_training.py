@@ -52,7 +52,8 @@ class SelfTrainingConfig(MethodConfig):
         if self.pseudo_weight < 0 or self.pl_crop_top < 0 or self.pl_crop_bottom < 0:
             raise ValueError("pseudo_weight, pl_crop_top and pl_crop_bottom must be >= 0")
 
-    def build(self, student: nn.Module, *, seed: int, reducer: Reducer | None = None) -> "SelfTraining":
+    def build(self, student: nn.Module, *, seed: int, reducer: Reducer | None = None,
+              total_steps: int = 0) -> "SelfTraining":
         return SelfTraining(self, student, seed=seed)
 
 

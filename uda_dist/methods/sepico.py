@@ -79,7 +79,8 @@ class SePiCoConfig(SelfTrainingConfig):
         if not 0.0 < self.label_min_share <= 1.0:
             raise ValueError(f"label_min_share must be in (0, 1], got {self.label_min_share}")
 
-    def build(self, student: nn.Module, *, seed: int, reducer: Reducer | None = None) -> "SePiCo":
+    def build(self, student: nn.Module, *, seed: int, reducer: Reducer | None = None,
+              total_steps: int = 0) -> "SePiCo":
         return SePiCo(self, student, seed=seed, reducer=reducer)
 
 

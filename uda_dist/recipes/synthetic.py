@@ -23,6 +23,7 @@ import dataclasses
 from uda_dist.config import RunConfig, TrainConfig
 from uda_dist.data.sources import DataConfig
 from uda_dist.data.webdataset import LoaderConfig
+from uda_dist.methods.asanet import ASANetConfig
 from uda_dist.methods.base import MethodConfig
 from uda_dist.methods.fada import FADAConfig
 from uda_dist.methods.self_training import SelfTrainingConfig
@@ -99,3 +100,40 @@ def synthetic_fada_pipeline() -> PipelineConfig:
         StageConfig(name="adversarial", **{**sections, "method": FADAConfig(), "label": LabelConfig(enabled=True)}),
         StageConfig(name="distill", init="config", labels_from="adversarial", **sections),
     ))
+
+
+def _after_source_only(name: str, *stages: tuple[str, MethodConfig]) -> PipelineConfig:
+    """A staged run: synthetic_source_only as stage "source", then each (stage name, method) from the
+    previous stage's weights with the same optimiser and 700-step schedule, restarted."""
+    base = synthetic_source_only()
+    sections = {key: getattr(base, key) for key in SECTIONS}
+    return PipelineConfig(name=name, stages=(
+        StageConfig(name="source", init="config", **sections),
+        *(StageConfig(name=stage, **{**sections, "method": method}) for stage, method in stages)))
+
+
+ASC_WEIGHT = 0.01
+"""The affinity space cleaning weight of the ASC recipes (the paper gives none: the project's choice)."""
+
+
+def synthetic_asanet_asa() -> PipelineConfig:
+    """ASANet's adversarial affinity space alignment (uda_dist.methods.asanet: lambda_adv 1e-3 damped over the
+    run, the affinity space at the input size), 700 steps from the source-only stage."""
+    return _after_source_only("synthetic_asanet_asa", ("adapt", ASANetConfig()))
+
+
+def synthetic_asanet_asc() -> PipelineConfig:
+    """ASANet's affinity space cleaning alone on the target (no discriminator), from the source-only stage."""
+    return _after_source_only("synthetic_asanet_asc", ("adapt", ASANetConfig(adv_weight=0.0, asc_weight=ASC_WEIGHT)))
+
+
+def synthetic_asanet_asa_asc() -> PipelineConfig:
+    """ASANet with both: adversarial affinity alignment and affinity space cleaning, from the source-only stage."""
+    return _after_source_only("synthetic_asanet_asa_asc", ("adapt", ASANetConfig(asc_weight=ASC_WEIGHT)))
+
+
+def synthetic_asanet_st() -> PipelineConfig:
+    """An extension (the paper's ASA+ST exists only as a released checkpoint): source-only -> ASA -> DAFormer-style
+    self-training from the ASA model's weights (its teacher starts as that model)."""
+    return _after_source_only("synthetic_asanet_st", ("adapt", ASANetConfig()),
+                              ("self_training", SelfTrainingConfig(ema_alpha=0.99)))
