@@ -3,7 +3,6 @@ import dataclasses
 import glob
 import json
 import os
-import shutil
 import time
 
 import pytest
@@ -17,6 +16,7 @@ from tests.helpers import tiny_overrides, upload_split
 from uda_dist.config import apply_overrides
 from uda_dist.data.sources import load_manifest
 from uda_dist.launch import connect, launch, prepare_data
+from uda_dist.methods.asanet import ASANetConfig
 from uda_dist.methods.base import MethodConfig, SourceOnly
 from uda_dist.recipes.synthetic import synthetic_fada, synthetic_sepico_distcl, synthetic_source_only
 from uda_dist.stats.class_stats import ClassStatistics
@@ -53,29 +53,33 @@ def _record_statistics_worker(config):
     torch.save({"stats": parts.method.stats.state_dict(), "teacher": parts.method.teacher.state_dict(),
                 "fed": fed, "engine": type(parts.engine).__name__},
                os.path.join(config["out"], f"rank{rank}.pt"))
-    # FADA in the same worker group: the discriminator outside the engine, gradients accumulated over 2
-    # micro-batches, averaged over the ranks at each optimiser step
+    # FADA and ASANet in the same worker group: the discriminator outside the engine, gradients accumulated
+    # over 2 micro-batches, averaged over the ranks at each optimiser step
     from uda_dist.loop import _optimizer_step
 
-    fada = Parts(config["fada"], torch.device("cpu"))
-    initial = {k: v.clone() for k, v in fada.method.discriminator.state_dict().items()}
-    for step in range(config["fada"].train.iterations):
-        _optimizer_step(fada, torch.device("cpu"), step)
-    torch.save({"initial": initial, "disc": fada.method.discriminator.state_dict(),
-                "adam": fada.auxiliaries.optimizers["discriminator"].state_dict(),
-                "student": fada.engine.module.state_dict()}, os.path.join(config["out"], f"fada{rank}.pt"))
+    for name in ("fada", "asanet"):
+        adv = Parts(config[name], torch.device("cpu"))
+        initial = {k: v.clone() for k, v in adv.method.discriminator.state_dict().items()}
+        for step in range(config[name].train.iterations):
+            _optimizer_step(adv, torch.device("cpu"), step)
+        torch.save({"initial": initial, "disc": adv.method.discriminator.state_dict(),
+                    "adam": adv.auxiliaries.optimizers["discriminator"].state_dict(),
+                    "student": adv.engine.module.state_dict()}, os.path.join(config["out"], f"{name}{rank}.pt"))
     ray.train.report({"steps": cfg.train.iterations})
 
 
 def test_statistics_identical_on_both_ranks_and_equal_to_one_process(local_ray, tiny_data_dir, tmp_path):
-    """...and FADA's discriminator (weights and Adam state) identical on both ranks after its steps."""
+    """...and FADA's and ASANet's discriminators (weights and Adam state) identical on both ranks after their
+    steps."""
     cfg = apply_overrides(synthetic_sepico_distcl(), tiny_overrides(tiny_data_dir, str(tmp_path)) + [
         "train.iterations=4", "method.start_step=2", "model.proj_dim=8", "model.proj_hidden=8"])
     fada = apply_overrides(synthetic_fada(), tiny_overrides(tiny_data_dir, str(tmp_path)) + [
         "train.iterations=3", "method.from_scratch=true", "method.disc_hidden=16", "engine.grad_accum=2",
         "data.loader.batch_size=2"])
+    asanet = dataclasses.replace(fada, method=ASANetConfig(disc_width=8, asc_weight=0.01))
     prepare_data(cfg)  # generated once, before the workers read it
-    TorchTrainer(_record_statistics_worker, train_loop_config={"cfg": cfg, "fada": fada, "out": str(tmp_path)},
+    TorchTrainer(_record_statistics_worker, train_loop_config={"cfg": cfg, "fada": fada, "asanet": asanet,
+                                                               "out": str(tmp_path)},
                  scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
                  run_config=ray.train.RunConfig(name="stats", storage_path=str(tmp_path / "ray"))).fit()
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
@@ -93,35 +97,58 @@ def test_statistics_identical_on_both_ranks_and_equal_to_one_process(local_ray, 
     for name, value in one.state_dict().items():
         torch.testing.assert_close(r0["stats"][name], value, rtol=1e-12, atol=1e-12)
 
-    f0, f1 = (torch.load(tmp_path / f"fada{r}.pt", weights_only=True) for r in (0, 1))
-    assert not all(torch.equal(f0["disc"][k], f0["initial"][k]) for k in f0["disc"])  # it trained
-    for part in ("disc", "student"):
-        for name, value in f0[part].items():
-            assert torch.equal(value, f1[part][name]), (part, name)  # bit-identical across ranks
-    assert f0["adam"]["state"][0]["step"] == 3
-    for index, state in f0["adam"]["state"].items():
-        for key, value in state.items():
-            assert torch.equal(value, f1["adam"]["state"][index][key]), (index, key)
+    for method in ("fada", "asanet"):
+        f0, f1 = (torch.load(tmp_path / f"{method}{r}.pt", weights_only=True) for r in (0, 1))
+        assert not all(torch.equal(f0["disc"][k], f0["initial"][k]) for k in f0["disc"])  # it trained
+        for part in ("disc", "student"):
+            for name, value in f0[part].items():
+                assert torch.equal(value, f1[part][name]), (method, part, name)  # bit-identical across ranks
+        assert f0["adam"]["state"][0]["step"] == 3
+        for index, state in f0["adam"]["state"].items():
+            for key, value in state.items():
+                assert torch.equal(value, f1["adam"]["state"][index][key]), (method, index, key)
 
 
-@pytest.mark.parametrize("zero_stage", [0, 2])
-def test_launcher_trains_two_deepspeed_workers(local_ray, tiny_data_dir, tmp_path, zero_stage):
-    cfg = apply_overrides(synthetic_source_only(), tiny_overrides(tiny_data_dir, str(tmp_path)) + [
-        "train.iterations=10", "train.log_every=1", "launch.workers=2", f"engine.zero_stage={zero_stage}",
-        f"name=zero{zero_stage}"])
+def test_launcher_trains_two_deepspeed_workers(local_ray, mlflow_server, tiny_data_dir, tmp_path, tmp_path_factory,
+                                              monkeypatch, capfd):
+    """ZeRO-2 (ZeRO-0, the default, trains in the other launches here), with two regressions in the same launch:
+    with a relative output_dir the workers wrote their outputs into Ray's temp folder; a password in the
+    tracking URI reached the MLflow params, config.json, summary.json, the console and the Ray worker log (it
+    now reaches MLflow only as credentials)."""
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    secret = f"pw-{os.urandom(6).hex()}"
+    uri = mlflow_server.replace("http://", f"http://alice:{secret}@")
+    cfg = apply_overrides(synthetic_source_only(), tiny_overrides(tiny_data_dir, "rel-out") + [
+        "train.iterations=10", "train.log_every=1", "launch.workers=2", "engine.zero_stage=2", "name=zero2",
+        "tracking.enabled=true", f"tracking.uri={uri}", "tracking.experiment=secrets"])
     summary = launch(cfg)
+    captured = capfd.readouterr()
     losses = [entry["loss"] for entry in summary["losses"]]
     assert len(losses) == 10 and sum(losses[-3:]) < sum(losses[:3])
-    assert 0.0 <= summary["miou"] <= 1.0 and summary["config"]["engine.zero_stage"] == zero_stage
-    assert summary["outputs"].startswith(str(tmp_path / "zero")) and os.path.isfile(tmp_path / summary["run_name"]
-                                                                                     / "student.pt")
-    if zero_stage:
-        return
-    # Regression: with a relative output_dir the workers wrote their outputs into Ray's temp folder
-    relative = launch(apply_overrides(cfg, ["output_dir=rel-out", "train.iterations=2", "launch.run_name=rel"]))
-    assert relative["outputs"] == os.path.abspath(os.path.join("rel-out", "rel"))
-    assert os.path.isfile(os.path.join(relative["outputs"], "student.pt"))
-    shutil.rmtree("rel-out")
+    assert 0.0 <= summary["miou"] <= 1.0 and summary["config"]["engine.zero_stage"] == 2
+    outputs = os.path.abspath(os.path.join("rel-out", summary["run_name"]))
+    assert summary["outputs"] == outputs and summary["run_name"].startswith("zero2")
+    assert os.path.isfile(os.path.join(outputs, "student.pt"))
+
+    assert summary["config"]["tracking.uri"] == mlflow_server.replace("http://", "http://***@")
+    client = MlflowClient(tracking_uri=mlflow_server)
+    [run] = client.search_runs([client.get_experiment_by_name("secrets").experiment_id])
+    assert run.data.params["tracking.uri"] == summary["config"]["tracking.uri"]
+    session = ray._private.worker._global_node.get_session_dir_path()
+    time.sleep(2)  # Ray's log monitor flushes the workers' output every second or so
+    leaks = [path for root in (str(tmp_path_factory.getbasetemp()), session)
+             for path in _files(root) if secret.encode() in open(path, "rb").read()]
+    assert leaks == [] and secret not in captured.out + captured.err
+
+
+def _files(root):
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(folder, name)
+            if os.path.isfile(path) and not os.path.islink(path):
+                yield path
 
 
 def test_demo_trains_its_runs_on_two_workers(local_ray, tiny_data_dir, tmp_path, capsys):
@@ -149,7 +176,7 @@ class _CrashOnceConfig(MethodConfig):
     log_dir: str = ""
     crash_step: int = 7
 
-    def build(self, student, *, seed, reducer=None):
+    def build(self, student, *, seed, reducer=None, total_steps=0):
         return _CrashOnce(self)
 
 
@@ -196,38 +223,6 @@ def test_killed_worker_resumes_from_last_checkpoint(local_ray, tiny_data_dir, tm
     assert [entry["step"] for entry in summary["losses"]] == list(range(1, 11))  # history restored too
 
 
-def test_credentials_in_the_tracking_uri_are_recorded_nowhere(local_ray, mlflow_server, tiny_data_dir, tmp_path,
-                                                             tmp_path_factory, capfd):
-    """Regression: a password in the tracking URI reached the MLflow params, config.json, summary.json, the
-    console and the Ray worker log. It now reaches MLflow only as credentials."""
-    from mlflow.tracking import MlflowClient
-
-    secret = f"pw-{os.urandom(6).hex()}"
-    uri = mlflow_server.replace("http://", f"http://alice:{secret}@")
-    cfg = apply_overrides(synthetic_source_only(), tiny_overrides(tiny_data_dir, str(tmp_path)) + [
-        "train.iterations=2", "train.log_every=1", "launch.workers=2", "tracking.enabled=true",
-        f"tracking.uri={uri}", "tracking.experiment=secrets", "launch.run_name=secretive"])
-    summary = launch(cfg)
-    captured = capfd.readouterr()
-    assert summary["config"]["tracking.uri"] == mlflow_server.replace("http://", "http://***@")
-    client = MlflowClient(tracking_uri=mlflow_server)
-    [run] = client.search_runs([client.get_experiment_by_name("secrets").experiment_id])
-    assert run.data.params["tracking.uri"] == summary["config"]["tracking.uri"]
-    session = ray._private.worker._global_node.get_session_dir_path()
-    time.sleep(2)  # Ray's log monitor flushes the workers' output every second or so
-    leaks = [path for root in (str(tmp_path_factory.getbasetemp()), session)
-             for path in _files(root) if secret.encode() in open(path, "rb").read()]
-    assert leaks == [] and secret not in captured.out + captured.err
-
-
-def _files(root):
-    for folder, _, names in os.walk(root):
-        for name in names:
-            path = os.path.join(folder, name)
-            if os.path.isfile(path) and not os.path.islink(path):
-                yield path
-
-
 def test_more_workers_than_the_cluster_holds_fail_at_once(local_ray, tiny_data_dir, tmp_path):
     """Regression: launch.workers=64 on a 4-CPU Ray retried forever."""
     from uda_dist.errors import RunError
@@ -264,8 +259,9 @@ def test_a_staged_run_killed_in_stage_2_resumes_it_without_retraining_stage_1(lo
     streamed from it too: stage 2 (its method swapped for one that loses rank 1 at step 7) dies, and the
     relaunch under the same name skips stage 1, resumes stage 2 at its checkpoint (step 5) read back from S3,
     labels the target train split on the 2 workers (every sample exactly once) and trains stage 3 on those
-    labels; MLflow has one parent run with one nested run per stage, continued by the relaunch; stage 2's
-    losses and result equal an uninterrupted run's; a pickle planted in the storage is refused on relaunch."""
+    labels; MLflow has one parent run with one nested run per stage, continued by the relaunch; the steps
+    trained twice (after the checkpoint, before and after the crash) have the same losses; a pickle planted in
+    the storage is refused on relaunch."""
     import boto3
     from mlflow.tracking import MlflowClient
 
@@ -300,6 +296,21 @@ def test_a_staged_run_killed_in_stage_2_resumes_it_without_retraining_stage_1(lo
     status = {r.data.tags["uda_dist.run_name"]: r.info.status for r in client.search_runs([experiment.experiment_id])}
     # the driver's word for stage 2 and the parent: the dead worker could not say it (was RUNNING)
     assert status == {"staged": "FAILED", "staged.source": "FINISHED", "staged.adversarial": "FAILED"}
+
+    # Regression: DeepSpeed unpickled its files in full (not weights-only), so a file replaced in the run
+    # storage ran its code on relaunch. Now it is refused, unread, and the relaunch fails with one line.
+    from tests.integration.test_bad_inputs import plant
+    from uda_dist.errors import CheckpointError
+
+    s3, key = boto3.client("s3"), "staged/staged.adversarial/step_00000005/engine/state/mp_rank_00_model_states.pt"
+    s3.download_file("runs", key, str(tmp_path / "original.pt"))
+    plant(tmp_path / "planted.pt", tmp_path / "ran")
+    s3.upload_file(str(tmp_path / "planted.pt"), "runs", key)
+    with pytest.raises(CheckpointError, match=f"not a checkpoint: .*mp_rank_00_model_states.pt .*posix.system"):
+        run_pipeline(cfg)
+    assert not (tmp_path / "ran").exists()
+    s3.upload_file(str(tmp_path / "original.pt"), "runs", key)
+
     summary = run_pipeline(cfg)  # a new driver, the same run name
     assert not (tmp_path / "ray").exists()  # nothing went to the local default storage
 
@@ -338,35 +349,20 @@ def test_a_staged_run_killed_in_stage_2_resumes_it_without_retraining_stage_1(lo
     assert experiment.artifact_location == str(tmp_path / "mlruns" / "uda_dist")
     assert "summary.json" in os.listdir(tmp_path / "mlruns" / "uda_dist" / resumed.info.run_id / "artifacts")
 
-    # exact resume: stage 2's losses and result equal those of the same run never interrupted
-    from uda_dist.pipeline import prepare_pipeline, stage_run
-
-    os.makedirs(tmp_path / "straight")
-    straight = stage_run(prepare_pipeline(cfg), "adversarial", earlier={"source": stages["source"]})
-    straight = apply_overrides(dataclasses.replace(straight, method=_CrashOnceConfig(
-        log_dir=str(tmp_path / "straight"), crash_step=-1)), ["launch.run_name=straight", "label.enabled=false",
-                                                              "tracking.enabled=false", "launch.step_offset=0"])
-    expected = launch(straight)
-    with open(os.path.join(stages["adversarial"]["outputs"], "summary.json")) as f:
-        interrupted = json.load(f)
-    assert [e["loss"] for e in interrupted["losses"]] == [e["loss"] for e in expected["losses"]]
-    assert interrupted["confusion"] == expected["confusion"]
-    # Regression: DeepSpeed unpickled its files in full (not weights-only), so a file replaced in the run
-    # storage ran its code on relaunch. Now it is refused, unread, and the relaunch fails with one line.
-    from tests.integration.test_bad_inputs import plant
-    from uda_dist.errors import CheckpointError
-
-    plant(tmp_path / "planted.pt", tmp_path / "ran")
-    boto3.client("s3").upload_file(str(tmp_path / "planted.pt"), "runs",
-                                   "staged/straight/step_00000010/engine/state/mp_rank_00_model_states.pt")
-    with pytest.raises(CheckpointError, match=f"not a checkpoint: .*mp_rank_00_model_states.pt .*posix.system"):
-        launch(straight)
-    assert not (tmp_path / "ran").exists()
+    # exact resume: the steps trained before the crash and again after the relaunch (6, 7: past the checkpoint
+    # at 5) logged the same losses
+    logged = {}
+    for metric in client.get_metric_history(resumed.info.run_id, "loss"):
+        logged.setdefault(metric.step, []).append(metric.value)
+    twice = sorted(step for step, values in logged.items() if len(values) == 2)
+    assert sorted(logged) == list(range(1, 11)) and twice[:2] == [6, 7]
+    assert all(logged[step][0] == logged[step][1] for step in twice), logged
 
 
-def test_a_sweep_over_a_stage_2_key_sees_one_step_that_only_grows(local_ray, tiny_data_dir, tmp_path):
+def test_a_sweep_over_a_stage_2_key_sees_one_step_that_only_grows(local_ray, tiny_data_dir, tmp_path, capsys):
     """Two trials of FADA's first two stages, differing in a stage-2 key: what each reported to Tune runs on
-    across the stages (stage 2's steps after stage 1's), as ASHA needs it."""
+    across the stages (stage 2's steps after stage 1's), as ASHA needs it; the same sweep name again resumes
+    the sweep, with nothing left to run."""
     from tests.helpers import for_every_stage
     from tune.sweep import SweepOptions, run_sweep
     from uda_dist.recipes.synthetic import synthetic_fada_pipeline
@@ -386,3 +382,9 @@ def test_a_sweep_over_a_stage_2_key_sees_one_step_that_only_grows(local_ray, tin
     for path in results:
         steps = [json.loads(line)["step"] for line in open(path)]
         assert steps == [2, 4, 6, 8], (path, steps)  # evaluations at 2 and 4 of each stage, one after the other
+    before = {path: open(path).read() for path in results}
+    capsys.readouterr()
+    again = run_sweep(base, space, options, recipe="synthetic_fada_pipeline", overrides=[])
+    assert "[sweep] resuming" in capsys.readouterr().out
+    assert [row["status"] for row in again] == ["FINISHED", "FINISHED"]
+    assert {path: open(path).read() for path in results} == before  # no trial trained again
