@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from uda_dist.losses.affinity import (NEIGHBOURS, affinity_cleaning_loss, affinity_space, asa_discriminator_loss,
-                                      asa_generator_loss)
+from uda_dist.losses.affinity import (NEIGHBOURS, affinity_cleaning_loss, affinity_group, affinity_space,
+                                      asa_discriminator_loss, asa_generator_loss, neighbours)
 from uda_dist.model.discriminator import AffinityDiscriminator
 
 K, H, W = 3, 4, 5
@@ -52,6 +52,20 @@ def test_the_affinity_space_matches_a_pixel_loop_at_the_borders_too():
                         want[b, n * K + c, y, x] = q1 * math.log(q1 / p1) + nq * math.log(nq / np_)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     assert NEIGHBOURS[0] == (-1, -1) and NEIGHBOURS[-1] == (1, 1) and (0, 0) not in NEIGHBOURS
+
+
+def test_the_checkpointed_affinity_space_has_the_values_and_gradient_of_one_graph():
+    logits = (torch.randn(2, K, H, W) * 3).requires_grad_()
+    weights = torch.randn(2, 8 * K, H, W)
+    p = torch.softmax(logits, dim=1)
+    ours = affinity_space(p)  # a gradient will flow: each group checkpointed
+    (ours * weights).sum().backward()
+    grad, logits.grad = logits.grad.clone(), None
+    p = torch.softmax(logits, dim=1)
+    one_graph = torch.cat([affinity_group(shifted, p) for shifted in neighbours(p)], dim=1)
+    (one_graph * weights).sum().backward()
+    assert torch.equal(ours, one_graph) and grad.abs().sum() > 0
+    torch.testing.assert_close(grad, logits.grad, rtol=1e-6, atol=1e-7)
 
 
 def test_the_cleaning_loss_matches_a_pixel_loop_and_is_zero_for_agreeing_one_hot_neighbours():

@@ -40,15 +40,28 @@ def neighbours(p_BKHW: torch.Tensor) -> list[torch.Tensor]:
     return [padded[:, :, 1 + dy:1 + dy + H, 1 + dx:1 + dx + W] for dy, dx in NEIGHBOURS]
 
 
-def affinity_space(p_BKHW: torch.Tensor) -> torch.Tensor:
-    """The affinity space A(p) of a softmax map: 8K channels (neighbour-major), float32."""
-    p_BKHW = p_BKHW.float()
+def affinity_group(shifted_BKHW: torch.Tensor, p_BKHW: torch.Tensor) -> torch.Tensor:
+    """One neighbour's K channels of the affinity space: the binary KL between q = p(x + d) * p(x) and p(x)."""
     p_c, not_p = p_BKHW.clamp(EPS, 1.0), (1.0 - p_BKHW).clamp(EPS, 1.0)
-    groups = []
-    for shifted_BKHW in neighbours(p_BKHW):
-        q_BKHW = shifted_BKHW * p_BKHW
-        not_q, q_BKHW = (1.0 - q_BKHW).clamp(EPS, 1.0), q_BKHW.clamp(EPS, 1.0)
-        groups.append(q_BKHW * torch.log(q_BKHW / p_c) + not_q * torch.log(not_q / not_p))
+    q_BKHW = shifted_BKHW * p_BKHW
+    not_q, q_BKHW = (1.0 - q_BKHW).clamp(EPS, 1.0), q_BKHW.clamp(EPS, 1.0)
+    return q_BKHW * torch.log(q_BKHW / p_c) + not_q * torch.log(not_q / not_p)
+
+
+def affinity_space(p_BKHW: torch.Tensor) -> torch.Tensor:
+    """The affinity space A(p) of a softmax map: 8K channels (neighbour-major), float32.
+
+    When a gradient will flow back to p, each neighbour's group is checkpointed (recomputed in the backward
+    pass, one group at a time) instead of keeping its dozen intermediate maps for all 8 groups at once: the
+    values and gradients are the same, the memory held for the backward pass about 2 K-channel maps per group
+    instead of about 12 (tests/benchmarks/affinity_memory.py measures it)."""
+    p_BKHW = p_BKHW.float()
+    if torch.is_grad_enabled() and p_BKHW.requires_grad:
+        from torch.utils.checkpoint import checkpoint
+
+        groups = [checkpoint(affinity_group, shifted, p_BKHW, use_reentrant=False) for shifted in neighbours(p_BKHW)]
+    else:
+        groups = [affinity_group(shifted, p_BKHW) for shifted in neighbours(p_BKHW)]
     return torch.cat(groups, dim=1)
 
 

@@ -25,8 +25,9 @@ Choices, against the reference:
   ``asc_weight`` (default 0, recipes 0.01) is the project's choice, stated as such;
 - the affinity space is computed on the softmax of the logits resized to ``affinity_scale`` of the image
   (align_corners=False, the project's convention; the reference upsamples to the input size with
-  align_corners=True): 8K channels at 720x1280 are 560 MB per image in float32, so a lower resolution is a
-  memory choice (README: the measured memory);
+  align_corners=True): 8K channels at 720x1280 are 560 MB per image in float32 and the generator term holds
+  2.8 GiB for its backward pass (its groups checkpointed, uda_dist.losses.affinity; 8.2 GiB as one graph),
+  so a lower resolution is a memory choice (README: the measured memory);
 - DeepLab-V2's classifier sums all four ASPP branches here (the reference's sums two, an inherited bug).
 
 Legend: B batch, K classes, H, W image, h, w the affinity grid.
