@@ -1,4 +1,5 @@
-"""DiGA's pure parts: the symmetric distillation against a pixel loop, and the FDA style substitute."""
+"""DiGA's pure parts: the symmetric distillation and the centroid selection against pixel loops, and the FDA
+style substitute."""
 from __future__ import annotations
 
 import math
@@ -61,3 +62,23 @@ def test_fda_keeps_the_source_phase_and_takes_the_target_low_frequency_amplitude
     assert fourier_style(source, target, beta=0.0).sub(source).abs().max() < 1e-5  # b = 0: nothing swapped
     with pytest.raises(ValueError, match="one shape"):
         fourier_style(source, target[:1])
+
+
+def test_the_nearest_centroid_and_agreement_selection_match_a_pixel_loop():
+    from uda_dist.stats.centroids import agreement_selection, nearest_centroid
+
+    feat, centroids = torch.randn(2, 5, 3, 4), torch.randn(K, 5)
+    nearest, soft = nearest_centroid(feat, centroids)
+    for b in range(2):
+        for y in range(3):
+            for x in range(4):
+                d = [float(torch.linalg.vector_norm(feat[b, :, y, x] - centroids[k])) for k in range(K)]
+                assert int(nearest[b, y, x]) == d.index(min(d))
+                norm = sum(math.exp(-v) for v in d)
+                for k in range(K):
+                    assert float(soft[b, k, y, x]) == pytest.approx(math.exp(-d[k]) / norm, rel=1e-4)
+    pseudo = torch.randint(0, K, (2, 3, 4))
+    pseudo[0, 0, 0] = 255  # an ignored pixel stays ignored
+    selected = agreement_selection(pseudo, nearest)
+    assert torch.equal(selected == pseudo, (pseudo == nearest) | (pseudo == 255))
+    assert (selected[pseudo != nearest] == 255).all()
