@@ -114,3 +114,32 @@ def test_the_loop_runs_the_whole_schedule_with_gradient_accumulation(one_rank_gr
     expected = [cfg.optim.lr * lr_factor(step, cfg=cfg.optim, total=4) for step in range(1, 5)]
     assert [entry["lr"] for entry in result.losses] == pytest.approx(expected)
     assert [entry["step"] for entry in result.losses] == [1, 2, 3, 4]
+
+
+def test_a_planted_pickle_in_deepspeeds_checkpoint_files_is_refused_unread(one_rank_group, tiny_data_dir, tmp_path):
+    """Regression: DeepSpeed unpickled its files in full (not weights-only), so a file replaced in the run
+    storage ran its code on relaunch. Now each of its files is refused, unread, with the one-line error."""
+    from tests.integration.test_bad_inputs import plant
+    from uda_dist.checkpoint import load_state, save_state
+    from uda_dist.errors import CheckpointError
+    from uda_dist.parts import Parts
+
+    cfg = apply_overrides(synthetic_source_only(), tiny_overrides(tiny_data_dir, str(tmp_path)) + [
+        "engine.grad_accum=2", "data.loader.batch_size=2", "train.iterations=4"])
+    parts = Parts(cfg, CPU)
+    assert type(parts.engine).__name__ == "DeepSpeedEngine"
+    save_state(parts, str(tmp_path / "ckpt"), 2, {"evaluations": [], "losses": []})
+    files = sorted(os.path.relpath(os.path.join(folder, name), tmp_path / "ckpt")
+                   for folder, _, names in os.walk(tmp_path / "ckpt" / "engine") for name in names
+                   if name.endswith(".pt"))
+    assert any(name.endswith("mp_rank_00_model_states.pt") for name in files), files
+    assert load_state(parts, str(tmp_path / "ckpt"))["step"] == 2  # the real files load
+    marker = tmp_path / "ran"
+    for name in files:
+        path = tmp_path / "ckpt" / name
+        original = path.read_bytes()
+        plant(path, marker)
+        with pytest.raises(CheckpointError, match=f"not a checkpoint: .*{os.path.basename(name)} .*posix.system"):
+            load_state(parts, str(tmp_path / "ckpt"))
+        path.write_bytes(original)
+    assert not marker.exists()
