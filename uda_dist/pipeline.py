@@ -44,6 +44,11 @@ SECTIONS = TRAINING_SECTIONS
 """A stage's own sections: those of a RunConfig that are not shared by the stages."""
 
 
+def sections_of(cfg: TrainingSections) -> dict[str, Any]:
+    """{section: value} of a run's or a stage's own sections (a recipe's run as a stage: StageConfig(**...))."""
+    return {name: getattr(cfg, name) for name in SECTIONS}
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class StageConfig(TrainingSections):
     """One stage of a staged run: a run's training sections, and where its student and data come from."""
@@ -157,7 +162,7 @@ def stage_run(cfg: PipelineConfig, stage_name: str, *, parent_run_id: str = "",
     their pseudo-labels)."""
     index = [s.name for s in cfg.stages].index(stage_name)
     stage = cfg.stages[index]
-    sections = {name: getattr(stage, name) for name in SECTIONS}
+    sections = sections_of(stage)
     earlier = earlier or {}
     if stage.init == "previous" and cfg.stages[index - 1].name in earlier:
         previous = earlier[cfg.stages[index - 1].name]

@@ -34,6 +34,21 @@ def plant(path, marker):
     torch.save({"state": Planted(marker)}, path)
 
 
+def assert_each_planted_file_refused(parts, folder, names, marker):
+    """Each file ``names`` (relative to the checkpoint ``folder``), replaced in turn by a pickle that would
+    run code, is refused unread by load_state with the one-line error naming it; each is put back after."""
+    from uda_dist.checkpoint import load_state
+
+    for name in names:
+        path = folder / name
+        original = path.read_bytes()
+        plant(path, marker)
+        with pytest.raises(CheckpointError, match=f"not a checkpoint: .*{name}.*posix.system"):
+            load_state(parts, str(folder))
+        path.write_bytes(original)
+    assert not marker.exists()
+
+
 def closed_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -109,15 +124,8 @@ def test_a_planted_pickle_in_a_run_checkpoint_is_refused_unread(tiny_data_dir, t
     parts = Parts(cfg, torch.device("cpu"))
     save_state(parts, str(tmp_path / "ckpt"), 3, {"evaluations": [], "losses": [{"step": 3, "loss": 1.0}]})
     assert load_state(parts, str(tmp_path / "ckpt"))["step"] == 3  # the real files load
-    marker = tmp_path / "ran"
-    for name in ("run.pt", "rank0.pt", os.path.join("engine", "state.pt")):
-        path = tmp_path / "ckpt" / name
-        original = path.read_bytes()
-        plant(path, marker)
-        with pytest.raises(CheckpointError, match=f"not a checkpoint: .*{name}.*posix.system"):
-            load_state(parts, str(tmp_path / "ckpt"))
-        path.write_bytes(original)
-    assert not marker.exists()
+    assert_each_planted_file_refused(parts, tmp_path / "ckpt", ("run.pt", "rank0.pt",
+                                                                os.path.join("engine", "state.pt")), tmp_path / "ran")
 
 
 @pytest.mark.parametrize("sig, code, status", [(signal.SIGTERM, 143, "KILLED"), (signal.SIGINT, 130, "KILLED")])

@@ -119,9 +119,8 @@ def test_the_loop_runs_the_whole_schedule_with_gradient_accumulation(one_rank_gr
 def test_a_planted_pickle_in_deepspeeds_checkpoint_files_is_refused_unread(one_rank_group, tiny_data_dir, tmp_path):
     """Regression: DeepSpeed unpickled its files in full (not weights-only), so a file replaced in the run
     storage ran its code on relaunch. Now each of its files is refused, unread, with the one-line error."""
-    from tests.integration.test_bad_inputs import plant
+    from tests.integration.test_bad_inputs import assert_each_planted_file_refused
     from uda_dist.checkpoint import load_state, save_state
-    from uda_dist.errors import CheckpointError
     from uda_dist.parts import Parts
 
     cfg = apply_overrides(synthetic_source_only(), tiny_overrides(tiny_data_dir, str(tmp_path)) + [
@@ -134,12 +133,4 @@ def test_a_planted_pickle_in_deepspeeds_checkpoint_files_is_refused_unread(one_r
                    if name.endswith(".pt"))
     assert any(name.endswith("mp_rank_00_model_states.pt") for name in files), files
     assert load_state(parts, str(tmp_path / "ckpt"))["step"] == 2  # the real files load
-    marker = tmp_path / "ran"
-    for name in files:
-        path = tmp_path / "ckpt" / name
-        original = path.read_bytes()
-        plant(path, marker)
-        with pytest.raises(CheckpointError, match=f"not a checkpoint: .*{os.path.basename(name)} .*posix.system"):
-            load_state(parts, str(tmp_path / "ckpt"))
-        path.write_bytes(original)
-    assert not marker.exists()
+    assert_each_planted_file_refused(parts, tmp_path / "ckpt", files, tmp_path / "ran")

@@ -21,7 +21,7 @@ from uda_dist.methods.self_training import SelfTrainingConfig
 from uda_dist.methods.sepico import SePiCoConfig
 from uda_dist.model.segmentor import ModelConfig
 from uda_dist.optim import OptimConfig
-from uda_dist.pipeline import SECTIONS, PipelineConfig, StageConfig
+from uda_dist.pipeline import PipelineConfig, StageConfig, sections_of
 from uda_dist.pseudo_labels import LabelConfig
 
 
@@ -170,14 +170,10 @@ def _fada_pipeline(name: str, source: RunConfig, adversarial: RunConfig) -> Pipe
                                   train=dataclasses.replace(source.train, iterations=20000))
 
     return PipelineConfig(name=name, stages=(
-        StageConfig(name="source", init="config", **_sections(source)),
-        StageConfig(name="adversarial", **{**_sections(adversarial), "label": LabelConfig(enabled=True)}),
-        StageConfig(name="distill", init="config", labels_from="adversarial", **_sections(distill)),
+        StageConfig(name="source", init="config", **sections_of(source)),
+        StageConfig(name="adversarial", **{**sections_of(adversarial), "label": LabelConfig(enabled=True)}),
+        StageConfig(name="distill", init="config", labels_from="adversarial", **sections_of(distill)),
     ))
-
-
-def _sections(cfg: RunConfig) -> dict:
-    return {key: getattr(cfg, key) for key in SECTIONS}
 
 
 def gta_to_cs_fada_pipeline_deeplabv2() -> PipelineConfig:
@@ -205,9 +201,9 @@ def synthia_to_cs_fada_pipeline_deeplabv2() -> PipelineConfig:
 
 def _asanet_pipeline(name: str, source: RunConfig, adapt: RunConfig, *later: tuple[str, RunConfig]) -> PipelineConfig:
     return PipelineConfig(name=name, stages=(
-        StageConfig(name="source", init="config", **_sections(source)),
-        StageConfig(name="adapt", **_sections(adapt)),
-        *(StageConfig(name=stage, **_sections(cfg)) for stage, cfg in later)))
+        StageConfig(name="source", init="config", **sections_of(source)),
+        StageConfig(name="adapt", **sections_of(adapt)),
+        *(StageConfig(name=stage, **sections_of(cfg)) for stage, cfg in later)))
 
 
 def _asa(name: str, source: str, source_resize: tuple[int, int]) -> RunConfig:

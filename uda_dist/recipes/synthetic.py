@@ -30,7 +30,7 @@ from uda_dist.methods.self_training import SelfTrainingConfig
 from uda_dist.methods.sepico import SePiCoConfig
 from uda_dist.model.segmentor import ModelConfig
 from uda_dist.optim import OptimConfig
-from uda_dist.pipeline import SECTIONS, PipelineConfig, StageConfig
+from uda_dist.pipeline import PipelineConfig, StageConfig, sections_of
 from uda_dist.pseudo_labels import LabelConfig
 
 
@@ -94,7 +94,7 @@ def synthetic_fada_pipeline() -> PipelineConfig:
     """FADA in full as one staged run: source-only -> adversarial (from its weights) -> label the target
     train split -> self-distillation (a fresh model, cross-entropy on the hard pseudo-labels); 700 steps each."""
     base = synthetic_source_only()
-    sections = {name: getattr(base, name) for name in SECTIONS}
+    sections = sections_of(base)
     return PipelineConfig(name="synthetic_fada_pipeline", stages=(
         StageConfig(name="source", init="config", **sections),
         StageConfig(name="adversarial", **{**sections, "method": FADAConfig(), "label": LabelConfig(enabled=True)}),
@@ -106,7 +106,7 @@ def _after_source_only(name: str, *stages: tuple[str, MethodConfig]) -> Pipeline
     """A staged run: synthetic_source_only as stage "source", then each (stage name, method) from the
     previous stage's weights with the same optimiser and 700-step schedule, restarted."""
     base = synthetic_source_only()
-    sections = {key: getattr(base, key) for key in SECTIONS}
+    sections = sections_of(base)
     return PipelineConfig(name=name, stages=(
         StageConfig(name="source", init="config", **sections),
         *(StageConfig(name=stage, **{**sections, "method": method}) for stage, method in stages)))
