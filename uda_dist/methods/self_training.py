@@ -25,6 +25,7 @@ from torch import nn
 from uda_dist.data.augment import StrongAugConfig, strong_photometric
 from uda_dist.losses.segmentation import IGNORE_INDEX, cross_entropy
 from uda_dist.methods.base import Method, MethodConfig, Reducer
+from uda_dist.methods.labelers import ConfidenceWeight
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -80,12 +81,14 @@ def pseudo_labels(logits_BKHW: torch.Tensor, *, threshold: float, crop_top: int 
     """(label_BHW, weight_BHW, q): argmax of the teacher softmax; weight = q everywhere, where q is the
     fraction of the batch's pixels with max probability >= threshold (one scalar, as DAFormer), and 0 on
     the PL-crop rows."""
-    prob_BKHW = torch.softmax(logits_BKHW.detach().float(), dim=1)
-    max_prob_BHW, label_BHW = prob_BKHW.max(dim=1)
-    q = (max_prob_BHW >= threshold).float().mean()
-    cropped_H = pl_crop_rows(label_BHW.shape[1], top=crop_top, bottom=crop_bottom, device=label_BHW.device)
-    weight_BHW = q.expand_as(max_prob_BHW).masked_fill(cropped_H.view(1, -1, 1), 0.0)
-    return label_BHW, weight_BHW, q
+    label_BHW, weight_BHW, log = ConfidenceWeight(threshold).select(logits_BKHW.argmax(dim=1), logits_BKHW)
+    return label_BHW, without_pl_crop(weight_BHW, top=crop_top, bottom=crop_bottom), log["pseudo.confident_ratio"]
+
+
+def without_pl_crop(weight_BHW: torch.Tensor, *, top: int, bottom: int) -> torch.Tensor:
+    """The pixel weights with the PL-crop rows set to 0."""
+    cropped_H = pl_crop_rows(weight_BHW.shape[1], top=top, bottom=bottom, device=weight_BHW.device)
+    return weight_BHW.masked_fill(cropped_H.view(1, -1, 1), 0.0)
 
 
 def pl_crop_rows(height: int, *, top: int, bottom: int, device: torch.device | None = None) -> torch.Tensor:
@@ -129,6 +132,7 @@ class SelfTraining(Method):
         self.teacher = copy.deepcopy(student)
         self.teacher.requires_grad_(False)
         self.generator = torch.Generator().manual_seed(seed)
+        self.selector = ConfidenceWeight(cfg.pseudo_threshold)
         self._log: dict[str, torch.Tensor] = {}
 
     def _teacher_mode(self) -> nn.Module:
@@ -144,11 +148,14 @@ class SelfTraining(Method):
         with torch.no_grad():
             return self._teacher_mode().segment(image_B3HW)
 
-    def target_pseudo_labels(self, target: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(label_BHW, weight_BHW, q) from the teacher on the un-augmented target image."""
+    def target_pseudo_labels(self, target: dict[str, Any]
+                             ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """(label_BHW, weight_BHW, values to log): the teacher's arg-max on the un-augmented target image,
+        weighted by the pseudo-label selector, 0 on the PL-crop rows."""
         cfg = self.cfg
-        return pseudo_labels(self.teacher_predict(target["image"]), threshold=cfg.pseudo_threshold,
-                             crop_top=cfg.pl_crop_top, crop_bottom=cfg.pl_crop_bottom)
+        logits_BKHW = self.teacher_predict(target["image"])
+        label_BHW, weight_BHW, log = self.selector.select(logits_BKHW.argmax(dim=1), logits_BKHW)
+        return label_BHW, without_pl_crop(weight_BHW, top=cfg.pl_crop_top, bottom=cfg.pl_crop_bottom), log
 
     def mix_loss(self, student: nn.Module, source: dict[str, Any], target: dict[str, Any],
                  pl_BHW: torch.Tensor, pl_weight_BHW: torch.Tensor) -> torch.Tensor:
@@ -163,8 +170,7 @@ class SelfTraining(Method):
 
     def losses(self, student, source, target, step):
         logits_src_BKHW = student.segment(source["image"])
-        pl_BHW, pl_weight_BHW, q = self.target_pseudo_labels(target)
-        self._log = {"pseudo.confident_ratio": q.detach()}
+        pl_BHW, pl_weight_BHW, self._log = self.target_pseudo_labels(target)
         return {
             "source.ce": self.cfg.source_weight * cross_entropy(logits_src_BKHW, source["label"]),
             "mix.ce": self.mix_loss(student, source, target, pl_BHW, pl_weight_BHW),
@@ -178,8 +184,10 @@ class SelfTraining(Method):
         return self._log
 
     def state_dict(self) -> dict[str, Any]:
-        return {"teacher": self.teacher.state_dict(), "generator": self.generator.get_state()}
+        return {"teacher": self.teacher.state_dict(), "generator": self.generator.get_state(),
+                "selector": self.selector.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.teacher.load_state_dict(state["teacher"])
         self.generator.set_state(state["generator"])
+        self.selector.load_state_dict(state["selector"])

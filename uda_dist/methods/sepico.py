@@ -99,7 +99,7 @@ class SePiCo(SelfTraining):
         cfg = self.cfg
         if cfg.class_balanced_crops:
             target = self.class_balanced_target(target, size=tuple(source["image"].shape[-2:]))
-        pl_BHW, pl_weight_BHW, q = self.target_pseudo_labels(target)
+        pl_BHW, pl_weight_BHW, log = self.target_pseudo_labels(target)
         self.update_statistics(source)
         contrast_on = step >= cfg.start_step
         source_B3HW = source["image"]
@@ -114,7 +114,7 @@ class SePiCo(SelfTraining):
             target_B3HW = strong_photometric(target["image"], generator=self.generator, cfg=cfg.strong_aug)
             losses["target.contrast"] = self.contrast_loss(student.project(target_B3HW), self._pl_crop(pl_BHW))
         losses["mix.ce"] = self.mix_loss(student, source, target, pl_BHW, pl_weight_BHW)
-        self._log = {"pseudo.confident_ratio": q.detach(), "stats.classes_seen": self.stats.seen_K.sum().float()}
+        self._log = {**log, "stats.classes_seen": self.stats.seen_K.sum().float()}
         return losses
 
     def class_balanced_target(self, target: dict[str, Any], *, size: tuple[int, int]) -> dict[str, Any]:
@@ -165,7 +165,7 @@ class SePiCo(SelfTraining):
         return {**super().state_dict(), "stats": self.stats.state_dict(), "bank": self.bank.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict({k: state[k] for k in ("teacher", "generator")})
+        super().load_state_dict({k: v for k, v in state.items() if k not in ("stats", "bank")})
         self.stats.load_state_dict(state["stats"])
         self.bank.load_state_dict(state["bank"])
 
