@@ -21,9 +21,9 @@ if TYPE_CHECKING:
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader: Any, *, device: torch.device, max_batches: int = 0,
-             bad_data: collections.Counter | None = None) -> np.ndarray:
-    """Confusion matrix of the model's predictions over the loader (whole-image inference); the loader's
-    bad-data counts are added to ``bad_data``."""
+             bad_data: collections.Counter | None = None, scales: tuple[float, ...] = (1.0,)) -> np.ndarray:
+    """Confusion matrix of the model's predictions over the loader (whole-image inference, at each of
+    ``scales`` with the logits' element-wise max); the loader's bad-data counts are added to ``bad_data``."""
     was_training = model.training
     model.eval()
     confusion_KK = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.int64, device=device)
@@ -34,7 +34,7 @@ def evaluate(model: torch.nn.Module, loader: Any, *, device: torch.device, max_b
         if bad_data is not None:
             bad_data.update(counts)
         batch = to_device(batch, device)
-        pred_BHW = model.segment(batch["image"]).argmax(dim=1)
+        pred_BHW = model.segment(batch["image"], scales).argmax(dim=1)
         label_BHW = batch["label"].masked_fill(~batch["valid"].view(-1, 1, 1), IGNORE_INDEX)  # padding items
         confusion_KK += confusion_matrix(pred_BHW, label_BHW, num_classes=NUM_CLASSES)
     model.train(was_training)

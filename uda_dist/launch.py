@@ -244,17 +244,22 @@ def _copy_results(src: str, dst: str) -> None:
         shutil.copyfile(os.path.join(src, name), os.path.join(dst, name))
 
 
-def prepare_data(cfg: RunConfig) -> None:
+def prepare_data(cfg: RunConfig, *, target_labels_later: bool = False) -> None:
     """Read every manifest once on the driver: a clear error before any worker starts, and the synthetic
-    benchmark generated once here instead of by several workers at the same time on this machine."""
+    benchmark generated once here instead of by several workers at the same time on this machine. A method
+    that reads the target's (pseudo-)labels needs a pseudo-label target split, unless an earlier stage is to
+    write it (``target_labels_later``)."""
     from uda_dist.data.sources import load_manifest
+    from uda_dist.pseudo_labels import check_pseudo_label_target
 
     for key in ("source", "target", "val"):
         location = getattr(cfg.data, key)
         try:
-            load_manifest(location, cfg.data.synthetic)
+            manifest = load_manifest(location, cfg.data.synthetic)
         except (RunError, FileNotFoundError) as e:
             raise RunError(f"data.{key}: {e}") from None
+        if key == "target" and cfg.method.reads_target_labels and not target_labels_later:
+            check_pseudo_label_target(manifest, location)
 
 
 def _worker(config: dict[str, Any]) -> None:

@@ -23,6 +23,7 @@ from uda_dist.dist import collectives
 from uda_dist.dist.engine import build_engine
 from uda_dist.errors import RunError
 from uda_dist.model.segmentor import build_segmentor
+from uda_dist.pseudo_labels import check_pseudo_label_target
 
 if TYPE_CHECKING:
     from uda_dist.config import RunConfig
@@ -148,10 +149,20 @@ class Parts:
         self.source = Stream(train_loader(source, cfg=data.loader, labeled=True, seed=cfg.seed, **shards),
                               self.bad_data)
         self.target = None
+        self.target_split: Any = lambda: iter(())
+        """This rank's share of the target train split as evaluation reads it (Method.start)."""
         if self.method.needs_target:
             target = load_manifest(data.target, data.synthetic)
-            self.target = Stream(train_loader(target, cfg=target_loader_config(data.loader), labeled=False,
+            labeled = cfg.method.reads_target_labels
+            if labeled:
+                check_pseudo_label_target(target, data.target)
+            self.target = Stream(train_loader(target, cfg=target_loader_config(data.loader), labeled=labeled,
                                                seed=cfg.seed + 1, **shards), self.bad_data)
+            self.target_split = lambda: eval_loader(target.urls(), cfg=data.loader, labeled=False, **shards)
+
+    def start_method(self, device: torch.device) -> None:
+        """Before the first step of a fresh run: the method's own preparation (DiGA's centroid pass)."""
+        self.method.start(self.engine.module, self.target_split, device)
 
 
 class ReduceTimer:

@@ -6,7 +6,9 @@ each a ``StageConfig`` with its own data, model, optimiser, method, iterations, 
 its student starts: ``init="previous"`` takes the previous stage's final weights, ``init="config"`` builds it
 as its model section says (a fresh model: ``model.pretrained`` backbone weights, or ``model.init_weights``).
 ``labels_from`` names an earlier stage that ended by labelling the target train split
-(``label.enabled``, uda_dist.pseudo_labels): its pseudo-labels replace ``data.source``. ``--set
+(``label.enabled``, uda_dist.pseudo_labels): its pseudo-labels replace ``data.source`` (FADA's
+self-distillation trains on them as a labelled split), or with ``labels_as="target"`` ``data.target`` (DiGA's
+self-training reads them as the target's offline pseudo-labels, ``method.pseudo_source="offline"``). ``--set
 stages.<stage>.<key>=value`` addresses one stage (uda_dist.config), and --print-config shows them all.
 
 The per-worker loop stays single-stage: each stage is a run of its own, ``<run>.<stage>``, with its own Ray
@@ -60,7 +62,10 @@ class StageConfig(TrainingSections):
     "config" = as the model section says (a fresh model: model.pretrained, or model.init_weights)."""
     labels_from: str = ""
     """An earlier stage that labelled the target train split (its label.enabled): train on its
-    pseudo-labels in place of data.source. "" = data.source as set."""
+    pseudo-labels in place of data.source (or data.target: labels_as). "" = data as set."""
+    labels_as: Literal["source", "target"] = "source"
+    """What labels_from's pseudo-labels replace: "source" = data.source (a labelled split to train on);
+    "target" = data.target (the target images with their offline pseudo-labels, method.pseudo_source=offline)."""
 
     def __post_init__(self) -> None:
         if not STAGE_NAME.fullmatch(self.name):
@@ -147,9 +152,10 @@ def prepare_pipeline(cfg: PipelineConfig) -> PipelineConfig:
     lc = dataclasses.replace(cfg.launch, run_name=run_name(cfg), storage_path=storage)  # type: ignore[arg-type]
     for stage in cfg.stages:
         data = stage.data
-        if stage.labels_from:  # made by an earlier stage; its target split is checked in its place
+        if stage.labels_from and stage.labels_as == "source":  # made by an earlier stage: the split it labels
             data = dataclasses.replace(data, source=data.target)
-        launch.prepare_data(dataclasses.replace(stage_run(cfg, stage.name), data=data))  # type: ignore[arg-type]
+        launch.prepare_data(dataclasses.replace(stage_run(cfg, stage.name), data=data),  # type: ignore[arg-type]
+                            target_labels_later=bool(stage.labels_from) and stage.labels_as == "target")
         if stage.init == "config":
             check_model(stage.model)
     return dataclasses.replace(cfg, output_dir=output_dir, launch=lc, tracking=prepare_tracking(cfg.tracking))
@@ -168,7 +174,7 @@ def stage_run(cfg: PipelineConfig, stage_name: str, *, parent_run_id: str = "",
         previous = earlier[cfg.stages[index - 1].name]
         sections["model"] = dataclasses.replace(stage.model, init_weights=previous["final_weights"])
     if stage.labels_from in earlier:
-        sections["data"] = dataclasses.replace(stage.data, source=earlier[stage.labels_from]["labels"])
+        sections["data"] = dataclasses.replace(stage.data, **{stage.labels_as: earlier[stage.labels_from]["labels"]})
     run = f"{cfg.launch.run_name}.{stage.name}" if cfg.launch.run_name else ""
     launch = dataclasses.replace(cfg.launch, run_name=run,
                                  step_offset=sum(s.train.iterations for s in cfg.stages[:index]))

@@ -2,7 +2,8 @@
 
 ``label_target`` runs on every worker after the run's final evaluation. The split is shared out as evaluation
 shares it (global sample i to rank i % world size, in shard order: every sample exactly once); each rank
-predicts whole images as evaluation does (``Segmentor.segment``: logits at the stored size), takes the arg-max
+predicts whole images as evaluation does (``Segmentor.segment`` at train.eval_scales: logits at the stored
+size), takes the arg-max
 (pixels whose top softmax probability is under ``label.threshold`` become 255, ignore) and writes its samples,
 the image as decoded (PNG) with the pseudo-label as its ``label.png``, into shards of its own,
 ``{dataset}-{split}-pseudo-r{rank}-{n}.tar``. Rank 0 gathers every rank's shard index, checks that each
@@ -28,7 +29,7 @@ from uda_dist.data import schema
 from uda_dist.data.sources import load_manifest
 from uda_dist.data.webdataset import eval_loader
 from uda_dist.dist import collectives
-from uda_dist.errors import RunError
+from uda_dist.errors import ConfigError, RunError
 from uda_dist.naming import join_location
 from uda_dist.safe_load import exists
 
@@ -59,9 +60,25 @@ class LabelConfig:
                              f"{self.threshold}, {self.max_per_shard}")
 
 
+def check_pseudo_label_target(target: schema.Manifest, location: str) -> None:
+    """A method that reads the target's labels (offline pseudo-labels) must be given a pseudo-label split,
+    never the target's own ground truth: ConfigError otherwise."""
+    if not target.split.endswith(SPLIT_SUFFIX):
+        raise ConfigError(f"method.pseudo_source='offline' trains on offline pseudo-labels, but data.target "
+                          f"({location}) is the split {target.split!r}, not a pseudo-label split: point data.target "
+                          f"at a *{SPLIT_SUFFIX}.manifest.json written by a run with label.enabled=true, or use a "
+                          f"staged run's labels_from with labels_as='target'")
+
+
 def manifest_location(out: str, target: schema.Manifest) -> str:
     """Where the pseudo-labels of ``target`` written to ``out`` have their manifest."""
-    return join_location(out, schema.manifest_name(target.dataset, target.split + SPLIT_SUFFIX))
+    return join_location(out, schema.manifest_name(target.dataset, pseudo_split(target)))
+
+
+def pseudo_split(target: schema.Manifest) -> str:
+    """The name of the pseudo-label split of ``target``: <split>-pseudo (relabelling a pseudo-label split,
+    DiGA's second round, gives the same name, in another folder)."""
+    return target.split.removesuffix(SPLIT_SUFFIX) + SPLIT_SUFFIX
 
 
 @torch.no_grad()
@@ -78,14 +95,14 @@ def label_target(model: torch.nn.Module, cfg: RunConfig, device: torch.device) -
         if rank == 0:
             print(f"[{cfg.name}] pseudo-labels at {location} are complete: not labelled again", file=sys.stderr)
         return location
-    split = target.split + SPLIT_SUFFIX
+    split = pseudo_split(target)
     loader = eval_loader(target.urls(), cfg=cfg.data.loader, rank=rank, world_size=world, labeled=False)
     was_training = model.training
     model.eval()
     samples, skipped = [], 0
     for batch in loader:
         skipped += batch.pop("bad_data", {}).get("skipped_samples", 0)
-        probs_BKHW = model.segment(batch["image"].to(device)).softmax(dim=1)
+        probs_BKHW = model.segment(batch["image"].to(device), cfg.train.eval_scales).softmax(dim=1)
         confidence_BHW, pred_BHW = probs_BKHW.max(dim=1)
         if label.threshold > 0:
             pred_BHW[confidence_BHW < label.threshold] = schema.IGNORE_INDEX
@@ -93,7 +110,7 @@ def label_target(model: torch.nn.Module, cfg: RunConfig, device: torch.device) -
         for key, valid, image_HW3, pred_HW in zip(batch["key"], batch["valid"].tolist(), images_BHW3,
                                                   pred_BHW.byte().cpu().numpy()):
             if valid:
-                meta = {"dataset": target.dataset, "split": split, "pseudo_label_of": target.split,
+                meta = {"dataset": target.dataset, "split": split, "pseudo_label_of": target.split.removesuffix(SPLIT_SUFFIX),
                         "threshold": label.threshold}
                 samples.append(schema.encode_sample(key, np.ascontiguousarray(image_HW3), pred_HW, meta))
     model.train(was_training)

@@ -1,4 +1,5 @@
-"""A target-styled source image without a trained translator: Fourier domain adaptation (FDA).
+"""A target-styled source image without a trained translator: Fourier domain adaptation (FDA), and DiGA's
+cross-domain mixture built on it.
 
 Yang & Soatto, "FDA: Fourier Domain Adaptation for Semantic Segmentation", CVPR 2020 (reference:
 YanchaoYang/FDA utils low_freq_mutate). Per image and channel, the source's 2-D spectrum keeps its phase (the
@@ -12,6 +13,10 @@ DiGA translates source images with a separately trained GAN (50k iterations); th
 place, a documented difference. Differences from the FDA reference: images are in [0, 1] and the result is
 clamped to [0, 1] (the reference works on mean-subtracted 0-255 images and does not clamp); torch.fft.fft2
 instead of the removed torch.rfft.
+
+DiGA's cross-domain mixture of a source image x (``cross_domain_mixture``): on a random half of the classes of
+its label (and on its ignored pixels, as the reference keeps them) x_aug = beta * jitter(x) + (1 - beta) * x;
+on the other classes the target-styled x. The label is unchanged: both views keep the source layout.
 
 Legend: B batch, H, W image size.
 """
@@ -42,3 +47,10 @@ def fourier_style(source_B3HW: torch.Tensor, target_B3HW: torch.Tensor, *, beta:
     amplitude = torch.where(low_HW, amplitude_tgt, spectrum_src.abs())
     styled = torch.fft.ifft2(torch.polar(amplitude, spectrum_src.angle())).real
     return styled.clamp(0.0, 1.0).to(source_B3HW.dtype)
+
+
+def cross_domain_mixture(image_B3HW: torch.Tensor, jittered_B3HW: torch.Tensor, styled_B3HW: torch.Tensor,
+                         mask_BHW: torch.Tensor, *, beta: float) -> torch.Tensor:
+    """beta * jittered + (1 - beta) * image where the mask is set, the target-styled image elsewhere."""
+    blended_B3HW = beta * jittered_B3HW + (1.0 - beta) * image_B3HW
+    return torch.where(mask_BHW.unsqueeze(1), blended_B3HW, styled_B3HW)

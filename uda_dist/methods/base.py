@@ -35,6 +35,12 @@ class MethodConfig:
         if self.source_weight < 0:
             raise ValueError(f"source_weight must be >= 0, got {self.source_weight}")
 
+    @property
+    def reads_target_labels(self) -> bool:
+        """Whether the target stream must carry labels: offline pseudo-labels written by an earlier stage, never
+        the target's own ground truth (the run checks that data.target is a pseudo-label split)."""
+        return False
+
     def build(self, student: nn.Module, *, seed: int, reducer: Reducer | None = None,
               total_steps: int = 0) -> "Method":
         """The method for this student. ``reducer`` sums a flat tensor over workers in place (the identity in
@@ -55,6 +61,10 @@ class Method:
     def losses(self, student: nn.Module, source: dict[str, Any], target: dict[str, Any] | None,
                step: int) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    def start(self, student: nn.Module, target_split: Callable[[], Any], device: torch.device) -> None:
+        """Called once before the first step of a fresh run (not on resume): ``target_split()`` gives this
+        rank's share of the target train split, unaugmented, as evaluation reads a split (DiGA's centroids)."""
 
     def after_step(self, student: nn.Module, step: int) -> None:
         """Called once after every optimiser step (not after the micro-batches that only accumulate)."""

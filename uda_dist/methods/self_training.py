@@ -2,6 +2,19 @@
 
 Paper: Tranheden et al., "DACS", WACV 2021; Hoyer et al., "DAFormer", CVPR 2022. Reference: lhoyer/DAFormer
 mmseg/models/uda/dacs.py and mmseg/models/utils/dacs_transforms.py.
+
+Parts a recipe chooses (DiGA's self-training is this method with the other choices, uda_dist.recipes):
+- where a target pixel's pseudo-label comes from (``pseudo_source``): the teacher at each step, or the
+  offline pseudo-labels an earlier stage wrote (the target stream then carries them as its labels);
+- how the pseudo-labels are weighted or selected (``pseudo_selection``, uda_dist.methods.labelers): DAFormer's
+  confidence weight, or DiGA's agreement with the nearest target feature centroid;
+- DiGA's symmetric distillation (``distillation``, off by default): the student and the teacher on the source
+  image x and on its cross-domain mixture x_aug (uda_dist.data.fda), H(T(x), S(x_aug)) + 0.5 H(T(x_aug), S(x))
+  (uda_dist.losses.distillation). With ``pseudo_weight=0`` there is no target term: DiGA's source-only
+  warm-up (the target images only lend their style to x_aug).
+
+One step, top to bottom: the student's source cross-entropy; the distillation term; the teacher's view of the
+un-augmented target and the selected pseudo-labels; the weighted cross-entropy on the ClassMix image.
 Differences on purpose:
 - no host syncs in the step: the pseudo-label quality weight q stays a device tensor (DAFormer calls .item()),
   and ClassMix picks classes from a presence vector instead of torch.unique;
@@ -17,15 +30,46 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Any
+from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from uda_dist.data.augment import StrongAugConfig, strong_photometric
+from uda_dist.data.fda import cross_domain_mixture, fourier_style
+from uda_dist.losses.distillation import symmetric_distillation
 from uda_dist.losses.segmentation import IGNORE_INDEX, cross_entropy
 from uda_dist.methods.base import Method, MethodConfig, Reducer
-from uda_dist.methods.labelers import ConfidenceWeight
+from uda_dist.methods.labelers import CentroidAgreement, ConfidenceWeight, TeacherView, resize_logits
+from uda_dist.stats.centroids import ClassCentroids
+
+
+def _diga_jitter() -> StrongAugConfig:
+    return StrongAugConfig(jitter_strength=0.4, jitter_p=0.5, blur_p=0.8)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DistillationConfig:
+    """DiGA's symmetric distillation between the student and its EMA teacher over the source image x and its
+    cross-domain mixture x_aug."""
+
+    weight: float = 0.0
+    """Weight of the distillation term (DiGA: 0.5 in the warm-up, 0.25 in self-training); 0 = off."""
+    beta: float = 0.4
+    """x_aug = beta * jitter(x) + (1 - beta) * x on half of the label's classes (DiGA: 0.4 in the warm-up, 0.3
+    in self-training); the target-styled x (Fourier domain adaptation) on the others."""
+    fda_beta: float = 0.01
+    """Fourier domain adaptation's window: the frequencies below this share of the shorter side take the
+    target's amplitude (FDA: 0.01)."""
+    jitter: StrongAugConfig = dataclasses.field(default_factory=_diga_jitter)
+    """jitter(x): colour jitter 0.4 with probability 0.5 and Gaussian blur with probability 0.8 (DiGA's
+    kornia jitter, without its grayscale and sharpness steps)."""
+
+    def __post_init__(self) -> None:
+        if self.weight < 0 or not 0.0 <= self.beta <= 1.0 or not 0.0 <= self.fda_beta < 0.5:
+            raise ValueError(f"distillation needs weight >= 0, beta in [0, 1] and fda_beta in [0, 0.5), got "
+                             f"{self.weight}, {self.beta}, {self.fda_beta}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -43,6 +87,20 @@ class SelfTrainingConfig(MethodConfig):
     pl_crop_bottom: int = 0
     """Rows at the bottom of the target image whose pseudo-label weight is 0 (GTA->Cityscapes: 120)."""
     strong_aug: StrongAugConfig = dataclasses.field(default_factory=StrongAugConfig)
+    pseudo_source: Literal["teacher", "offline"] = "teacher"
+    """A target pixel's pseudo-label: "teacher" = the EMA teacher's arg-max on the un-augmented target image at
+    each step (DAFormer); "offline" = the label stored with the target sample, an earlier stage's pseudo-labels
+    (data.target a pseudo-label split; a staged run's labels_from with labels_as="target"; DiGA)."""
+    pseudo_selection: Literal["confidence", "centroid_agreement"] = "confidence"
+    """"confidence" = every pixel weighted by q, the share of confident teacher pixels (DAFormer);
+    "centroid_agreement" = a pixel kept, weight 1, only where its pseudo-label is the class of the nearest target
+    feature centroid (DiGA: no threshold)."""
+    centroid_momentum: float = 1e-4
+    """centroid_agreement: the centroids' momentum per per-image class mean (DiGA: 1e-4)."""
+    centroid_min_pixels: int = 5
+    """centroid_agreement: an image's class counts towards its centroid when it covers at least this many pixels
+    of the feature grid (DiGA: 5)."""
+    distillation: DistillationConfig = dataclasses.field(default_factory=DistillationConfig)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -52,10 +110,17 @@ class SelfTrainingConfig(MethodConfig):
             raise ValueError(f"pseudo_threshold must be in [0, 1], got {self.pseudo_threshold}")
         if self.pseudo_weight < 0 or self.pl_crop_top < 0 or self.pl_crop_bottom < 0:
             raise ValueError("pseudo_weight, pl_crop_top and pl_crop_bottom must be >= 0")
+        if not 0.0 <= self.centroid_momentum <= 1.0 or self.centroid_min_pixels < 1:
+            raise ValueError(f"centroid_momentum must be in [0, 1] and centroid_min_pixels >= 1, got "
+                             f"{self.centroid_momentum}, {self.centroid_min_pixels}")
+
+    @property
+    def reads_target_labels(self) -> bool:
+        return self.pseudo_source == "offline"
 
     def build(self, student: nn.Module, *, seed: int, reducer: Reducer | None = None,
               total_steps: int = 0) -> "SelfTraining":
-        return SelfTraining(self, student, seed=seed)
+        return SelfTraining(self, student, seed=seed, reducer=reducer)
 
 
 # ---------------------------------------------------------------- pure pieces (unit-tested)
@@ -127,12 +192,16 @@ class SelfTraining(Method):
     needs_target = True
     per_rank_state = ("generator",)  # seeded by rank: ClassMix classes, crops
 
-    def __init__(self, cfg: SelfTrainingConfig, student: nn.Module, *, seed: int = 0):
+    def __init__(self, cfg: SelfTrainingConfig, student: nn.Module, *, seed: int = 0, reducer: Reducer | None = None):
         self.cfg = cfg
         self.teacher = copy.deepcopy(student)
         self.teacher.requires_grad_(False)
         self.generator = torch.Generator().manual_seed(seed)
         self.selector = ConfidenceWeight(cfg.pseudo_threshold)
+        if cfg.pseudo_selection == "centroid_agreement":
+            centroids = ClassCentroids(student.cfg.num_classes, student.fused_channels, momentum=cfg.centroid_momentum,
+                                       min_pixels=cfg.centroid_min_pixels, reducer=reducer)
+            self.selector = CentroidAgreement(centroids.to(next(student.parameters()).device))
         self._log: dict[str, torch.Tensor] = {}
 
     def _teacher_mode(self) -> nn.Module:
@@ -143,18 +212,25 @@ class SelfTraining(Method):
                 m.eval()
         return self.teacher
 
+    def teacher_view(self, image_B3HW: torch.Tensor) -> TeacherView:
+        """The teacher's logits (head grid and image size) and decoder feature."""
+        with torch.no_grad():
+            out = self._teacher_mode()(image_B3HW, with_features=True)
+        return TeacherView(logits_BKhw=out.logits_BKhw, fused_BChw=out.fused_BChw,
+                           logits_BKHW=resize_logits(out.logits_BKhw, tuple(image_B3HW.shape[-2:])))
+
     def teacher_predict(self, image_B3HW: torch.Tensor) -> torch.Tensor:
         """Teacher logits at image size."""
-        with torch.no_grad():
-            return self._teacher_mode().segment(image_B3HW)
+        return self.teacher_view(image_B3HW).logits_BKHW
 
     def target_pseudo_labels(self, target: dict[str, Any]
                              ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """(label_BHW, weight_BHW, values to log): the teacher's arg-max on the un-augmented target image,
-        weighted by the pseudo-label selector, 0 on the PL-crop rows."""
+        """(label_BHW, weight_BHW, values to log): the teacher's arg-max on the un-augmented target image (or
+        the offline pseudo-labels), weighted or selected by the pseudo-label selector, 0 on the PL-crop rows."""
         cfg = self.cfg
-        logits_BKHW = self.teacher_predict(target["image"])
-        label_BHW, weight_BHW, log = self.selector.select(logits_BKHW.argmax(dim=1), logits_BKHW)
+        view = self.teacher_view(target["image"])
+        label_BHW = target["label"] if cfg.pseudo_source == "offline" else view.logits_BKHW.argmax(dim=1)
+        label_BHW, weight_BHW, log = self.selector.select(label_BHW, view.logits_BKHW, view)
         return label_BHW, without_pl_crop(weight_BHW, top=cfg.pl_crop_top, bottom=cfg.pl_crop_bottom), log
 
     def mix_loss(self, student: nn.Module, source: dict[str, Any], target: dict[str, Any],
@@ -168,15 +244,43 @@ class SelfTraining(Method):
         logits_mix_BKHW = student.segment(mixed_B3HW)
         return self.cfg.pseudo_weight * cross_entropy(logits_mix_BKHW, mixed_label_BHW, weight_BHW=mixed_weight_BHW)
 
+    def distillation_loss(self, student: nn.Module, source: dict[str, Any], target: dict[str, Any],
+                          logits_src_BKHW: torch.Tensor) -> torch.Tensor:
+        """weight * [H(T(x), S(x_aug)) + 0.5 H(T(x_aug), S(x))] on the source image x and its cross-domain
+        mixture x_aug (the target batch lends its style); the teacher's view of x_aug also feeds the
+        selector's source statistics (DiGA's centroids)."""
+        cfg = self.cfg.distillation
+        image_B3HW, label_BHW = source["image"], source["label"]
+        mask_BHW = class_mix_masks(label_BHW, num_classes=student.cfg.num_classes, generator=self.generator)
+        mask_BHW = mask_BHW | (label_BHW == IGNORE_INDEX)
+        style_B3HW = target["image"]
+        if style_B3HW.shape[-2:] != image_B3HW.shape[-2:]:
+            style_B3HW = F.interpolate(style_B3HW, size=image_B3HW.shape[-2:], mode="bilinear", align_corners=False)
+        styled_B3HW = fourier_style(image_B3HW, style_B3HW, beta=cfg.fda_beta)
+        jittered_B3HW = strong_photometric(image_B3HW, generator=self.generator, cfg=cfg.jitter)
+        aug_B3HW = cross_domain_mixture(image_B3HW, jittered_B3HW, styled_B3HW, mask_BHW, beta=cfg.beta)
+        logits_aug_BKHW = student.segment(aug_B3HW)
+        teacher_x, teacher_aug = self.teacher_view(image_B3HW), self.teacher_view(aug_B3HW)
+        self.selector.observe_source(teacher_aug, label_BHW)
+        return cfg.weight * symmetric_distillation(teacher_x.logits_BKHW, logits_src_BKHW, teacher_aug.logits_BKHW,
+                                                   logits_aug_BKHW)
+
     def losses(self, student, source, target, step):
+        cfg = self.cfg
         logits_src_BKHW = student.segment(source["image"])
-        pl_BHW, pl_weight_BHW, self._log = self.target_pseudo_labels(target)
-        return {
-            "source.ce": self.cfg.source_weight * cross_entropy(logits_src_BKHW, source["label"]),
-            "mix.ce": self.mix_loss(student, source, target, pl_BHW, pl_weight_BHW),
-        }
+        losses = {"source.ce": cfg.source_weight * cross_entropy(logits_src_BKHW, source["label"])}
+        if cfg.distillation.weight:
+            losses["source.distillation"] = self.distillation_loss(student, source, target, logits_src_BKHW)
+        if cfg.pseudo_weight:
+            pl_BHW, pl_weight_BHW, self._log = self.target_pseudo_labels(target)
+            losses["mix.ce"] = self.mix_loss(student, source, target, pl_BHW, pl_weight_BHW)
+        return losses
+
+    def start(self, student, target_split, device):
+        self.selector.start(target_split, self.teacher_view, device)
 
     def after_step(self, student, step):
+        self.selector.after_step()
         # DAFormer updates at the start of iteration t+1 with the weights after step t: alpha(t + 1)
         ema_update(self.teacher, student, ema_alpha(step + 1, self.cfg.ema_alpha))
 
@@ -191,3 +295,18 @@ class SelfTraining(Method):
         self.teacher.load_state_dict(state["teacher"])
         self.generator.set_state(state["generator"])
         self.selector.load_state_dict(state["selector"])
+
+
+# ---------------------------------------------------------------- DiGA's stages, as choices of this method
+
+def diga_warmup(**changes: Any) -> SelfTrainingConfig:
+    """DiGA's distillation warm-up: source cross-entropy + 0.5 symmetric distillation over x and its cross-domain
+    mixture (beta 0.4); no target term (the target images only lend their style)."""
+    return SelfTrainingConfig(pseudo_weight=0.0, distillation=DistillationConfig(weight=0.5, beta=0.4), **changes)
+
+
+def diga_self_training(**changes: Any) -> SelfTrainingConfig:
+    """DiGA's self-training round: source cross-entropy + cross-entropy on the ClassMix image with the offline
+    pseudo-labels kept where they agree with the nearest target centroid + 0.25 distillation (beta 0.3)."""
+    return SelfTrainingConfig(pseudo_source="offline", pseudo_selection="centroid_agreement",
+                              distillation=DistillationConfig(weight=0.25, beta=0.3), **changes)

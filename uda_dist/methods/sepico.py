@@ -88,7 +88,7 @@ class SePiCo(SelfTraining):
     def __init__(self, cfg: SePiCoConfig, student: nn.Module, *, seed: int = 0, reducer: Reducer | None = None):
         if getattr(student, "proj_head", None) is None:
             raise ValueError("SePiCo needs a projection head: set model.proj_dim > 0 (SePiCo: 512)")
-        super().__init__(cfg, student, seed=seed)
+        super().__init__(cfg, student, seed=seed, reducer=reducer)
         self.cfg: SePiCoConfig = cfg
         num_classes, dim = student.cfg.num_classes, student.cfg.proj_dim
         device = next(student.parameters()).device
@@ -109,6 +109,8 @@ class SePiCo(SelfTraining):
         logits_src_BKHW = F.interpolate(out_src.logits_BKhw, size=source["label"].shape[-2:], mode="bilinear",
                                         align_corners=False)
         losses = {"source.ce": cfg.source_weight * cross_entropy(logits_src_BKHW, source["label"])}
+        if cfg.distillation.weight:  # S(x) is the student's source pass (on the strong image with strong_source)
+            losses["source.distillation"] = self.distillation_loss(student, source, target, logits_src_BKHW)
         if contrast_on:
             losses["source.contrast"] = self.contrast_loss(out_src.proj_BDhw, source["label"])
             target_B3HW = strong_photometric(target["image"], generator=self.generator, cfg=cfg.strong_aug)

@@ -18,6 +18,7 @@ Differences on purpose:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -135,6 +136,11 @@ class Segmentor(nn.Module):
         self.register_buffer("std_3", torch.tensor(self.backbone.std).view(1, 3, 1, 1), persistent=False)
 
     @property
+    def fused_channels(self) -> int:
+        """Channels of the decode head's fused feature (``SegOutput.fused_BChw``)."""
+        return self.cfg.embed_dim if self.cfg.head == "daformer" else self.backbone.channels[-1]
+
+    @property
     def head_stride(self) -> int:
         """Stride of the logits (and projection) grid relative to the input image."""
         return self.backbone.strides[0] if self.cfg.head == "daformer" else self.backbone.strides[-1]
@@ -160,10 +166,19 @@ class Segmentor(nn.Module):
         """Encoder feature levels of an image in [0, 1] (normalised with the backbone's mean and std)."""
         return self.backbone((image_B3HW - self.mean_3) / self.std_3)
 
-    def segment(self, image_B3HW: torch.Tensor) -> torch.Tensor:
-        """logits_BKHW bilinearly resized (align_corners=False) to the input size."""
-        logits_BKhw = self.forward(image_B3HW).logits_BKhw
-        return F.interpolate(logits_BKhw, size=image_B3HW.shape[-2:], mode="bilinear", align_corners=False)
+    def segment(self, image_B3HW: torch.Tensor, scales: Sequence[float] = (1.0,)) -> torch.Tensor:
+        """logits_BKHW bilinearly resized (align_corners=False) to the input size. With several ``scales``, the
+        element-wise maximum over them of the logits of the image resized by each (DiGA's inference)."""
+        size = image_B3HW.shape[-2:]
+        best_BKHW = None
+        for scale in scales:
+            image = image_B3HW if scale == 1.0 else F.interpolate(
+                image_B3HW, size=(max(1, round(size[0] * scale)), max(1, round(size[1] * scale))), mode="bilinear",
+                align_corners=False)
+            logits_BKHW = F.interpolate(self.forward(image).logits_BKhw, size=size, mode="bilinear",
+                                        align_corners=False)
+            best_BKHW = logits_BKHW if best_BKHW is None else torch.maximum(best_BKHW, logits_BKHW)
+        return best_BKHW
 
     def param_groups(self, *, lr: float, weight_decay: float, head_lr_mult: float) -> list[dict]:
         """Optimizer groups "backbone", "backbone_no_decay", "head", "head_no_decay" (empty ones left out)."""

@@ -26,7 +26,7 @@ from uda_dist.data.webdataset import LoaderConfig
 from uda_dist.methods.asanet import ASANetConfig
 from uda_dist.methods.base import MethodConfig
 from uda_dist.methods.fada import FADAConfig
-from uda_dist.methods.self_training import SelfTrainingConfig
+from uda_dist.methods.self_training import SelfTrainingConfig, diga_self_training, diga_warmup
 from uda_dist.methods.sepico import SePiCoConfig
 from uda_dist.model.segmentor import ModelConfig
 from uda_dist.optim import OptimConfig
@@ -137,3 +137,35 @@ def synthetic_asanet_st() -> PipelineConfig:
     self-training from the ASA model's weights (its teacher starts as that model)."""
     return _after_source_only("synthetic_asanet_st", ("adapt", ASANetConfig()),
                               ("self_training", SelfTrainingConfig(ema_alpha=0.99)))
+
+
+def _diga_stages(first: str, rounds: tuple[tuple[str, MethodConfig], ...]) -> PipelineConfig:
+    base = synthetic_source_only()
+    sections = sections_of(base)
+    labelled = LabelConfig(enabled=True)  # every pixel labelled: no threshold (DiGA)
+    stages = [StageConfig(name="warmup", init="config", **{**sections, "method": diga_warmup(ema_alpha=0.99),
+                                                           "label": labelled})]
+    for index, (stage, method) in enumerate(rounds):
+        last = index == len(rounds) - 1
+        stages.append(StageConfig(name=stage, labels_from=stages[-1].name, labels_as="target",
+                                  **{**sections, "method": method, "label": LabelConfig(enabled=not last)}))
+    return PipelineConfig(name=first, stages=tuple(stages))
+
+
+def synthetic_diga() -> PipelineConfig:
+    """DiGA as one staged run (uda_dist.methods.self_training: the parts DiGA chooses): distillation warm-up on
+    the source -> label the target train split (no threshold) -> self-training on those offline labels,
+    selected by agreement with the nearest target centroid, + 0.25 distillation -> labels regenerated ->
+    self-training again; each stage's teacher starts as its student. 700 steps a stage, the source-only
+    recipe's optimiser and schedule, restarted per stage."""
+    method = diga_self_training(ema_alpha=0.99)
+    return _diga_stages("synthetic_diga", (("self_training", method), ("self_training2", method)))
+
+
+def synthetic_diga_daformer() -> PipelineConfig:
+    """The comparison for DiGA's self-training: the same distillation warm-up, then DAFormer-style self-training
+    (the teacher's online labels, confidence weight) from its weights."""
+    base = _diga_stages("synthetic_diga_daformer", (("self_training", SelfTrainingConfig(ema_alpha=0.99)),))
+    warmup = dataclasses.replace(base.stages[0], label=LabelConfig())
+    st = dataclasses.replace(base.stages[1], labels_from="")
+    return dataclasses.replace(base, stages=(warmup, st))
