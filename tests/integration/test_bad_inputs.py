@@ -157,3 +157,8 @@ def test_a_stopped_run_is_marked_killed_in_mlflow(tiny_data_dir, tmp_path, sig, 
     [run] = client.search_runs([client.get_experiment_by_name("uda_dist").experiment_id])
     assert run.info.status == status
     assert not os.path.exists(tmp_path / "out" / "stopped" / "summary.json")  # nothing looks complete
+
+
+def test_offline_pseudo_labels_never_read_the_targets_own_labels(cli):
+    code, err, _ = cli("method.pseudo_source=offline", recipe="synthetic_self_training")
+    assert_one_line_error(code, err, "method.pseudo_source='offline'", "'train', not a pseudo-label split")

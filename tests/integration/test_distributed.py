@@ -16,10 +16,13 @@ from tests.helpers import tiny_overrides, upload_split
 from uda_dist.config import apply_overrides
 from uda_dist.data.sources import load_manifest
 from uda_dist.launch import connect, launch, prepare_data
+from uda_dist.parts import Parts
 from uda_dist.methods.asanet import ASANetConfig
 from uda_dist.methods.base import MethodConfig, SourceOnly
 from uda_dist.recipes.synthetic import synthetic_fada, synthetic_sepico_distcl, synthetic_source_only
 from uda_dist.stats.class_stats import ClassStatistics
+
+CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
@@ -65,12 +68,45 @@ def _record_statistics_worker(config):
         torch.save({"initial": initial, "disc": adv.method.discriminator.state_dict(),
                     "adam": adv.auxiliaries.optimizers["discriminator"].state_dict(),
                     "student": adv.engine.module.state_dict()}, os.path.join(config["out"], f"{name}{rank}.pt"))
+    _record_centroids(config["diga"], os.path.join(config["out"], f"diga{rank}.pt"))
     ray.train.report({"steps": cfg.train.iterations})
 
 
+def _record_centroids(cfg, path):
+    """DiGA's self-training on this worker: the centroids' initial pass and 3 optimiser steps; what this rank
+    fed the centroids at each step, and the labels selected on one probe image (the same on every rank)."""
+    from uda_dist.loop import _optimizer_step
+    from uda_dist.parts import Parts
+    from uda_dist.stats.centroids import agreement_selection
+
+    cpu = torch.device("cpu")
+    parts = Parts(cfg, cpu)
+    centroids = parts.method.selector.centroids
+    fed, contribute = [], centroids.contribute
+
+    def recording_contribute(feat, logits, label):
+        fed.append((feat.clone(), logits.clone(), label.clone()))
+        return contribute(feat, logits, label)
+
+    centroids.contribute = recording_contribute
+    parts.start_method(cpu)
+    initial = {k: v.clone() for k, v in centroids.state_dict().items()}
+    steps = []
+    for step in range(3):
+        before = len(fed)
+        _optimizer_step(parts, cpu, step)
+        steps.append(fed[before:])
+    probe = torch.rand(1, 3, 32, 64, generator=torch.Generator().manual_seed(0))
+    view = parts.method.teacher_view(probe)
+    selected = agreement_selection(view.logits_BKHW.argmax(dim=1), centroids.nearest(view.fused_BChw, (32, 64)))
+    torch.save({"initial": initial, "centroids": centroids.state_dict(), "steps": steps, "selected": selected}, path)
+
+
 def test_statistics_identical_on_both_ranks_and_equal_to_one_process(local_ray, tiny_data_dir, tmp_path):
-    """...and FADA's and ASANet's discriminators (weights and Adam state) identical on both ranks after their
-    steps."""
+    """...FADA's and ASANet's discriminators (weights and Adam state) identical on both ranks after their
+    steps, and DiGA's centroids (initial pass and online moves) identical on both ranks and equal to one
+    process fed both ranks' inputs, with the same labels selected on both."""
+    from tests.integration.test_stages import diga_self_training_stage
     cfg = apply_overrides(synthetic_sepico_distcl(), tiny_overrides(tiny_data_dir, str(tmp_path)) + [
         "train.iterations=4", "method.start_step=2", "model.proj_dim=8", "model.proj_hidden=8"])
     fada = apply_overrides(synthetic_fada(), tiny_overrides(tiny_data_dir, str(tmp_path)) + [
@@ -78,8 +114,9 @@ def test_statistics_identical_on_both_ranks_and_equal_to_one_process(local_ray, 
         "data.loader.batch_size=2"])
     asanet = dataclasses.replace(fada, method=ASANetConfig(disc_width=8, asc_weight=0.01))
     prepare_data(cfg)  # generated once, before the workers read it
+    diga = diga_self_training_stage(tiny_data_dir, tmp_path, "diga2", "data.loader.batch_size=2")
     TorchTrainer(_record_statistics_worker, train_loop_config={"cfg": cfg, "fada": fada, "asanet": asanet,
-                                                               "out": str(tmp_path)},
+                                                               "diga": diga, "out": str(tmp_path)},
                  scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
                  run_config=ray.train.RunConfig(name="stats", storage_path=str(tmp_path / "ray"))).fit()
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
@@ -107,6 +144,27 @@ def test_statistics_identical_on_both_ranks_and_equal_to_one_process(local_ray, 
         for index, state in f0["adam"]["state"].items():
             for key, value in state.items():
                 assert torch.equal(value, f1["adam"]["state"][index][key]), (method, index, key)
+
+    d0, d1 = (torch.load(tmp_path / f"diga{r}.pt", weights_only=True) for r in (0, 1))
+    for part in ("initial", "centroids"):
+        for name, value in d0[part].items():
+            assert torch.equal(value, d1[part][name]), (part, name)  # bit-identical across ranks
+    assert torch.equal(d0["selected"], d1["selected"]) and (d0["selected"] != 255).any()
+    assert not torch.equal(d0["steps"][0][0][0], d1["steps"][0][0][0])  # each rank its own images
+    one = Parts(diga, CPU)  # one process: the whole target split in its initial pass
+    one.start_method(CPU)
+    centroids = one.method.selector.centroids
+    for name, value in centroids.state_dict().items():
+        torch.testing.assert_close(value, d0["initial"][name], rtol=1e-5, atol=1e-6)
+    centroids.load_state_dict(d0["initial"])
+    for step in range(3):
+        for rank in (d0, d1):
+            for feat, logits, label in rank["steps"][step]:
+                centroids.contribute(feat, logits, label)
+        centroids.commit()
+    assert d0["centroids"]["seen_K"].sum() >= 2
+    for name, value in centroids.state_dict().items():
+        torch.testing.assert_close(value, d0["centroids"][name], rtol=1e-12, atol=1e-12)
 
 
 def test_launcher_trains_two_deepspeed_workers(local_ray, mlflow_server, tiny_data_dir, tmp_path, tmp_path_factory,

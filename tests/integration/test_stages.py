@@ -82,3 +82,59 @@ def test_the_staged_recipe_runs_from_the_command_line_and_a_rerun_skips_its_stag
     assert train.main(argv) == 0  # the same run name: every stage finished, none trains again
     err = capsys.readouterr().err
     assert err.count("finished earlier") == 3 and "step 1" not in err
+
+
+def diga_self_training_stage(tiny_data_dir, tmp_path, run_name, *extra):
+    """The tiny synthetic_diga's warm-up stage run (3 steps, its labelling of the target) and the RunConfig of
+    its first self-training stage, which reads those pseudo-labels as the target's."""
+    from tests.helpers import for_every_stage, tiny_overrides
+    from uda_dist.config import apply_overrides
+    from uda_dist.pipeline import prepare_pipeline, run_pipeline, stage_run
+    from uda_dist.recipes.synthetic import synthetic_diga
+
+    cfg = synthetic_diga()
+    cfg = apply_overrides(cfg, for_every_stage(cfg, tiny_overrides(tiny_data_dir, str(tmp_path)) + [
+        "train.iterations=3", *extra]) + [f"launch.run_name={run_name}", "stages.self_training.train.iterations=6"])
+    warmup = run_pipeline(dataclasses.replace(cfg, stages=cfg.stages[:1]))["stages"][0]
+    return stage_run(prepare_pipeline(cfg), "self_training", earlier={"warmup": warmup})
+
+
+def test_diga_self_training_reads_the_offline_labels_and_resumes_mid_round_exactly(tiny_data_dir, tmp_path):
+    """The staged DiGA recipe's self-training round, checkpointed at step 3 of 6 and resumed: student, teacher,
+    the centroids and the ClassMix generator equal those of the uninterrupted round; the resumed round does not
+    run the centroids' initial pass again (its state comes from the checkpoint)."""
+    from tests.helpers import assert_same_state
+    from uda_dist.checkpoint import load_state, save_state
+    from uda_dist.loop import _optimizer_step
+    from uda_dist.parts import Parts
+
+    cpu = torch.device("cpu")
+    cfg = diga_self_training_stage(tiny_data_dir, tmp_path, "diga1")
+    assert cfg.data.target.endswith("synthetic-target-train-pseudo.manifest.json")
+
+    def states(parts):
+        method = parts.method
+        return {"student": parts.engine.module.state_dict(), "teacher": method.teacher.state_dict(),
+                "centroids": method.selector.centroids.state_dict(), "generator": method.generator.get_state()}
+
+    straight = Parts(cfg, cpu)
+    batch = next(straight.target)
+    assert batch["label"].shape == batch["image"][:, 0].shape  # the target stream carries the pseudo-labels
+    straight.start_method(cpu)
+    initial = {k: v.clone() for k, v in straight.method.selector.centroids.state_dict().items()}
+    assert initial["seen_K"].sum() >= 2
+    for step in range(3):
+        _optimizer_step(straight, cpu, step)
+    save_state(straight, str(tmp_path / "ckpt"), 3, {"evaluations": [], "losses": []})
+    for step in range(3, 6):
+        logged = _optimizer_step(straight, cpu, step)
+    assert {"source.distillation", "mix.ce", "pseudo.agreement_ratio"} <= logged.keys()
+    assert 0 < float(logged["pseudo.agreement_ratio"]) <= 1
+    expected = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in states(straight).items()}
+    assert not torch.equal(expected["centroids"]["centroid_KD"], initial["centroid_KD"])  # moved online
+
+    resumed = Parts(cfg, cpu)
+    assert load_state(resumed, str(tmp_path / "ckpt"))["step"] == 3
+    for step in range(3, 6):
+        _optimizer_step(resumed, cpu, step)
+    assert_same_state(states(resumed), expected)

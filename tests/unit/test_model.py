@@ -224,3 +224,18 @@ def test_features_and_fused_feature_when_asked(head, fused_channels):
     torch.testing.assert_close(model(image_B3HW).logits_BKhw, out.logits_BKhw)
     plain = model(image_B3HW)
     assert plain.features is None and plain.fused_BChw is None  # not asked
+
+
+@pytest.mark.parametrize("head", ["daformer", "deeplabv2"])
+def test_two_scale_inference_is_the_elementwise_max_of_each_scales_logits(head):
+    import torch.nn.functional as F
+
+    model = Segmentor(ModelConfig(backbone="resnet10t", head=head, embed_dim=16, num_classes=5)).eval()
+    assert model.fused_channels == model(torch.rand(1, 3, 32, 32), with_features=True).fused_BChw.shape[1]
+    image = torch.rand(2, 3, 64, 96)
+    with torch.no_grad():
+        one = model.segment(image)
+        half = F.interpolate(model(F.interpolate(image, size=(32, 48), mode="bilinear", align_corners=False)).logits_BKhw,
+                             size=(64, 96), mode="bilinear", align_corners=False)
+        assert torch.equal(model.segment(image, (1.0,)), one)
+        torch.testing.assert_close(model.segment(image, (1.0, 0.5)), torch.maximum(one, half))

@@ -7,7 +7,9 @@ soft assignment is softmax(-||f - c_k||) over the classes k; the hard one its ar
 ``ClassCentroids`` holds the centroids c_k (the teacher's decoder feature, the one its classifier reads):
 - initialised from one pass of the model over the target train split: per image and class k predicted on
   >= ``min_pixels`` pixels of the feature grid, the mean feature of those pixels; c_k is the mean of these
-  per-image means over the whole split (the reference's running mean over its pass);
+  per-image means over the whole split (the reference's running mean over its pass). The pass runs the
+  teacher as it runs in training (BatchNorm on batch statistics), one image at a time; the reference runs it
+  with BatchNorm in eval mode, on the source's running statistics, unlike its teacher in training;
 - moved online at every optimiser step by the per-image class means of the step's images, taken only over
   pixels where the label (the selected pseudo-label on the target, the ground truth on the source) agrees with
   the teacher's own prediction: c_k <- (1 - m)^n_k c_k + (1 - (1 - m)^n_k) v_k, m = 1e-4, where v_k is the mean
@@ -138,14 +140,18 @@ class ClassCentroids(nn.Module):
     def initialise(self, batches: Callable[[], object], features: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
                    device: torch.device) -> None:
         """c_k = the mean over the split of its per-image class means under ``features`` (image -> (fused_BDhw,
-        logits_BKhw)); ``batches()`` yields this rank's share of the split (eval_loader); one reduce at the end."""
+        logits_BKhw)); ``batches()`` yields this rank's share of the split (eval_loader); one reduce at the end.
+        Each image goes through ``features`` alone, so that its features (under batch-statistics BatchNorm, as the
+        teacher runs) do not depend on which images share its batch, nor on how the split is shared out."""
         count_K, sum_KD = self._zeros()
         for batch in batches():
-            batch.pop("bad_data", None)
-            feat_BDhw, logits_BKhw = features(batch["image"].to(device))
-            c, s = image_class_means(feat_BDhw, logits_BKhw.argmax(dim=1), num_classes=self.num_classes,
-                                     min_pixels=self.min_pixels, valid_B=batch["valid"].to(device))
-            count_K, sum_KD = count_K + c, sum_KD + s
+            for image_3HW, valid in zip(batch["image"], batch["valid"].tolist()):
+                if not valid:  # padding of a rank's share
+                    continue
+                feat_BDhw, logits_BKhw = features(image_3HW[None].to(device))
+                c, s = image_class_means(feat_BDhw, logits_BKhw.argmax(dim=1), num_classes=self.num_classes,
+                                         min_pixels=self.min_pixels)
+                count_K, sum_KD = count_K + c, sum_KD + s
         count_K, sum_KD = self._reduce(count_K, sum_KD)
         self.centroid_KD.copy_(sum_KD / count_K.clamp_min(1.0).unsqueeze(-1))
         self.seen_K.copy_(count_K > 0)
