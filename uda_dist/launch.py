@@ -249,8 +249,7 @@ def prepare_data(cfg: RunConfig, *, target_labels_later: bool = False) -> None:
     benchmark generated once here instead of by several workers at the same time on this machine. A method
     that reads the target's (pseudo-)labels needs a pseudo-label target split, unless an earlier stage is to
     write it (``target_labels_later``)."""
-    from uda_dist.data.sources import load_manifest
-    from uda_dist.pseudo_labels import check_pseudo_label_target
+    from uda_dist.data.sources import check_pseudo_label_target, load_manifest
 
     for key in ("source", "target", "val"):
         location = getattr(cfg.data, key)

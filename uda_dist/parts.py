@@ -17,13 +17,12 @@ import numpy as np
 import torch
 
 from uda_dist.auxiliary import Auxiliaries, check_one_optimizer_each
-from uda_dist.data.sources import load_manifest
+from uda_dist.data.sources import check_pseudo_label_target, load_manifest
 from uda_dist.data.webdataset import eval_loader, target_loader_config, train_loader
 from uda_dist.dist import collectives
 from uda_dist.dist.engine import build_engine
 from uda_dist.errors import RunError
 from uda_dist.model.segmentor import build_segmentor
-from uda_dist.pseudo_labels import check_pseudo_label_target
 
 if TYPE_CHECKING:
     from uda_dist.config import RunConfig

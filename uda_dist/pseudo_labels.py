@@ -26,17 +26,16 @@ import numpy as np
 import torch
 
 from uda_dist.data import schema
-from uda_dist.data.sources import load_manifest
+from uda_dist.data.sources import SPLIT_SUFFIX, load_manifest
 from uda_dist.data.webdataset import eval_loader
 from uda_dist.dist import collectives
-from uda_dist.errors import ConfigError, RunError
+from uda_dist.errors import RunError
 from uda_dist.naming import join_location
 from uda_dist.safe_load import exists
 
 if TYPE_CHECKING:
     from uda_dist.config import RunConfig
 
-SPLIT_SUFFIX = "-pseudo"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -58,16 +57,6 @@ class LabelConfig:
         if not 0.0 <= self.threshold < 1.0 or self.max_per_shard < 1:
             raise ValueError(f"label.threshold must be in [0, 1) and label.max_per_shard >= 1, got "
                              f"{self.threshold}, {self.max_per_shard}")
-
-
-def check_pseudo_label_target(target: schema.Manifest, location: str) -> None:
-    """A method that reads the target's labels (offline pseudo-labels) must be given a pseudo-label split,
-    never the target's own ground truth: ConfigError otherwise."""
-    if not target.split.endswith(SPLIT_SUFFIX):
-        raise ConfigError(f"method.pseudo_source='offline' trains on offline pseudo-labels, but data.target "
-                          f"({location}) is the split {target.split!r}, not a pseudo-label split: point data.target "
-                          f"at a *{SPLIT_SUFFIX}.manifest.json written by a run with label.enabled=true, or use a "
-                          f"staged run's labels_from with labels_as='target'")
 
 
 def manifest_location(out: str, target: schema.Manifest) -> str:
@@ -95,7 +84,7 @@ def label_target(model: torch.nn.Module, cfg: RunConfig, device: torch.device) -
         if rank == 0:
             print(f"[{cfg.name}] pseudo-labels at {location} are complete: not labelled again", file=sys.stderr)
         return location
-    split = pseudo_split(target)
+    split, labelled = pseudo_split(target), target.split.removesuffix(SPLIT_SUFFIX)
     loader = eval_loader(target.urls(), cfg=cfg.data.loader, rank=rank, world_size=world, labeled=False)
     was_training = model.training
     model.eval()
@@ -110,7 +99,7 @@ def label_target(model: torch.nn.Module, cfg: RunConfig, device: torch.device) -
         for key, valid, image_HW3, pred_HW in zip(batch["key"], batch["valid"].tolist(), images_BHW3,
                                                   pred_BHW.byte().cpu().numpy()):
             if valid:
-                meta = {"dataset": target.dataset, "split": split, "pseudo_label_of": target.split.removesuffix(SPLIT_SUFFIX),
+                meta = {"dataset": target.dataset, "split": split, "pseudo_label_of": labelled,
                         "threshold": label.threshold}
                 samples.append(schema.encode_sample(key, np.ascontiguousarray(image_HW3), pred_HW, meta))
     model.train(was_training)

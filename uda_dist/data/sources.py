@@ -12,10 +12,13 @@ import os
 
 from uda_dist.data import s3
 from uda_dist.data.schema import MANIFEST_SUFFIX, Manifest, read_manifest
+from uda_dist.errors import ConfigError
 from uda_dist.data.synthetic import SyntheticConfig, resolve_manifest
 from uda_dist.data.webdataset import LoaderConfig
 
 SYNTHETIC_PREFIX = "synthetic:"
+SPLIT_SUFFIX = "-pseudo"
+"""The split name of a pseudo-label split: <split>-pseudo (written by uda_dist.pseudo_labels)."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -23,7 +26,8 @@ class DataConfig:
     source: str = "synthetic:source/train"
     """Labelled source split: a manifest path or s3:// URL, or synthetic:<domain>/<split>."""
     target: str = "synthetic:target/train"
-    """Unlabelled target split (its labels, if any, are never read by adaptation methods)."""
+    """Unlabelled target split (its ground truth, if any, is never read by adaptation methods; a pseudo-label
+    split's labels are, with method.pseudo_source=offline)."""
     val: str = "synthetic:target/val"
     """Labelled target validation split (reported mIoU)."""
     synthetic: SyntheticConfig = dataclasses.field(default_factory=SyntheticConfig)
@@ -47,3 +51,13 @@ def load_manifest(location: str, synthetic: SyntheticConfig) -> Manifest:
         raise FileNotFoundError(f"manifest {location!r} does not exist: point data.source/target/val at a "
                                 f"*{MANIFEST_SUFFIX} written by the shard builder, or use synthetic:<domain>/<split>")
     return read_manifest(location)
+
+
+def check_pseudo_label_target(target: Manifest, location: str) -> None:
+    """A method that reads the target's labels (offline pseudo-labels) must be given a pseudo-label split,
+    never the target's own ground truth: ConfigError otherwise."""
+    if not target.split.endswith(SPLIT_SUFFIX):
+        raise ConfigError(f"method.pseudo_source='offline' trains on offline pseudo-labels, but data.target "
+                          f"({location}) is the split {target.split!r}, not a pseudo-label split: point data.target "
+                          f"at a *{SPLIT_SUFFIX}.manifest.json written by a run with label.enabled=true, or use a "
+                          f"staged run's labels_from with labels_as='target'")
