@@ -163,9 +163,10 @@ def synthetic_diga() -> PipelineConfig:
 
 
 def synthetic_diga_daformer() -> PipelineConfig:
-    """The comparison for DiGA's self-training: the same distillation warm-up, then DAFormer-style self-training
-    (the teacher's online labels, confidence weight) from its weights."""
-    base = _diga_stages("synthetic_diga_daformer", (("self_training", SelfTrainingConfig(ema_alpha=0.99)),))
-    warmup = dataclasses.replace(base.stages[0], label=LabelConfig())
-    st = dataclasses.replace(base.stages[1], labels_from="")
-    return dataclasses.replace(base, stages=(warmup, st))
+    """The comparison for DiGA's self-training: the same distillation warm-up, then two rounds of DAFormer-style
+    self-training (the teacher's online labels, confidence weight), each from the previous stage's weights
+    with its teacher starting as its student, as synthetic_diga's rounds."""
+    st = SelfTrainingConfig(ema_alpha=0.99)
+    base = _diga_stages("synthetic_diga_daformer", (("self_training", st), ("self_training2", st)))
+    return dataclasses.replace(base, stages=tuple(dataclasses.replace(s, labels_from="", label=LabelConfig())
+                                                  for s in base.stages))
