@@ -94,7 +94,8 @@ def test_the_cross_domain_mixture_matches_a_pixel_loop():
         for c in range(3):
             for y in range(5):
                 for x in range(6):
-                    want = (0.3 * jittered[b, c, y, x] + 0.7 * image[b, c, y, x]) if mask[b, y, x] else styled[b, c, y, x]
+                    blended = 0.3 * jittered[b, c, y, x] + 0.7 * image[b, c, y, x]
+                    want = blended if mask[b, y, x] else styled[b, c, y, x]
                     assert float(mixed[b, c, y, x]) == pytest.approx(float(want), abs=1e-6)
 
 
@@ -160,7 +161,8 @@ def test_centroids_reduce_once_per_commit_and_the_agreement_keeps_only_agreeing_
     centroids = ClassCentroids(K, 2, momentum=0.5, min_pixels=1, reducer=reducer)
     centroids.centroid_KD.copy_(torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [50.0, 50.0]]))
     centroids.seen_K.copy_(torch.tensor([True, True, True, False]))
-    feat = torch.tensor([[0.5, 9.0, 0.2, 48.0], [0.1, 0.3, 9.5, 49.0]]).view(1, 2, 1, 4)  # nearest 0, 1, 2, (3 unseen) 2
+    # four pixels whose nearest seen centroids are 0, 1, 2 and (class 3 unseen) 2
+    feat = torch.tensor([[0.5, 9.0, 0.2, 48.0], [0.1, 0.3, 9.5, 49.0]]).view(1, 2, 1, 4)
     logits = torch.nn.functional.one_hot(torch.tensor([[[0, 1, 2, 3]]]), K).permute(0, 3, 1, 2).float()
     selector = CentroidAgreement(centroids)
     label = torch.tensor([[[0, 2, 2, 3]]])

@@ -168,5 +168,5 @@ def synthetic_diga_daformer() -> PipelineConfig:
     with its teacher starting as its student, as synthetic_diga's rounds."""
     st = SelfTrainingConfig(ema_alpha=0.99)
     base = _diga_stages("synthetic_diga_daformer", (("self_training", st), ("self_training2", st)))
-    return dataclasses.replace(base, stages=tuple(dataclasses.replace(s, labels_from="", labels_as="source", label=LabelConfig())
-                                                  for s in base.stages))
+    unlabelled = (dataclasses.replace(s, labels_from="", labels_as="source", label=LabelConfig()) for s in base.stages)
+    return dataclasses.replace(base, stages=tuple(unlabelled))

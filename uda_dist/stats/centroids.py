@@ -25,6 +25,7 @@ Legend: B batch, D feature dim, K classes, h, w the feature grid, H, W the image
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -137,8 +138,8 @@ class ClassCentroids(nn.Module):
         self.seen_K.copy_(seen_K)
 
     @torch.no_grad()
-    def initialise(self, batches: Callable[[], object], features: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
-                   device: torch.device) -> None:
+    def initialise(self, batches: Callable[[], Any],
+                   features: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], device: torch.device) -> None:
         """c_k = the mean over the split of its per-image class means under ``features`` (image -> (fused_BDhw,
         logits_BKhw)); ``batches()`` yields this rank's share of the split (eval_loader); one reduce at the end.
         Each image goes through ``features`` alone, so that its features (under batch-statistics BatchNorm, as the
