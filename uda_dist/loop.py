@@ -1,8 +1,8 @@
 """The per-worker training loop: the cadence of a run (steps, logs, evaluations, checkpoints) and its result.
 
 `train_loop(cfg)` is the function Ray Train's workers call (uda_dist.launch), and what a run without Ray
-runs in one process. It builds its parts (uda_dist.parts: data streams, student, method, engine), runs (after the method's own start on a fresh run: DiGA's centroid pass)
-cfg.train.iterations optimiser steps, each of engine.grad_accum micro-batches (uda_dist.step), with a
+runs in one process. It builds its parts (uda_dist.parts: data streams, student, method, engine), runs
+(after the method's own start on a fresh run: DiGA's centroid pass) cfg.train.iterations optimiser steps, each of engine.grad_accum micro-batches (uda_dist.step), with a
 progress bar whose loss/speed are synced to the host only at log cadence, evaluates the student on the
 target validation split (uda_dist.evaluation) every train.eval_every steps and at the end, hands resumable
 state to its Checkpointer (the format is uda_dist.checkpoint's), and writes the final student weights and a
