@@ -166,7 +166,7 @@ def test_centroids_reduce_once_per_commit_and_the_agreement_keeps_only_agreeing_
     logits = torch.nn.functional.one_hot(torch.tensor([[[0, 1, 2, 3]]]), K).permute(0, 3, 1, 2).float()
     selector = CentroidAgreement(centroids)
     label = torch.tensor([[[0, 2, 2, 3]]])
-    selected, weight, log = selector.select(label, logits, TeacherView(logits, feat, logits))
+    selected, weight, log = selector.select(label, TeacherView(logits, feat, logits))
     assert selected.tolist() == [[[0, 255, 2, 255]]] and torch.equal(weight, torch.ones(1, 1, 4))
     assert float(log["pseudo.agreement_ratio"]) == 0.5
     assert calls == []  # contributions wait for the optimiser step

@@ -24,7 +24,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from uda_dist.losses.segmentation import IGNORE_INDEX
 from uda_dist.stats.centroids import ClassCentroids, agreement_selection
@@ -40,17 +39,19 @@ class TeacherView:
     logits_BKHW: torch.Tensor
 
 
-class ConfidenceWeight:
-    """DAFormer's quality weight: q = share of pixels with max teacher probability >= threshold, on every pixel."""
+def confidence_weight(logits_BKHW: torch.Tensor, *, threshold: float) -> torch.Tensor:
+    """q: the share of the batch's pixels whose max teacher probability is >= threshold (a device scalar)."""
+    max_prob_BHW = torch.softmax(logits_BKHW.detach().float(), dim=1).amax(dim=1)
+    return (max_prob_BHW >= threshold).float().mean()
 
-    def __init__(self, threshold: float):
-        self.threshold = threshold
 
-    def select(self, label_BHW: torch.Tensor, logits_BKHW: torch.Tensor, view: TeacherView | None = None
+class Selector:
+    """The interface of a pseudo-label selector; its hooks do nothing unless the selector keeps statistics."""
+
+    def select(self, label_BHW: torch.Tensor, view: TeacherView
                ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        max_prob_BHW = torch.softmax(logits_BKHW.detach().float(), dim=1).amax(dim=1)
-        q = (max_prob_BHW >= self.threshold).float().mean()
-        return label_BHW, q.expand_as(max_prob_BHW), {"pseudo.confident_ratio": q}
+        """(label_BHW, weight_BHW, values to log) for the target pseudo-labels and the teacher's view of them."""
+        raise NotImplementedError
 
     def observe_source(self, view: TeacherView, label_BHW: torch.Tensor) -> None:
         """The teacher's view of labelled source images (used by selectors with statistics)."""
@@ -67,18 +68,27 @@ class ConfidenceWeight:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state:
-            raise ValueError(f"the confidence weight has no state, but got keys {sorted(state)}")
+            raise ValueError(f"{type(self).__name__} has no state, but got keys {sorted(state)}")
 
 
-class CentroidAgreement(ConfidenceWeight):
+class ConfidenceWeight(Selector):
+    """DAFormer's quality weight: q = share of pixels with max teacher probability >= threshold, on every pixel."""
+
+    def __init__(self, threshold: float):
+        self.threshold = threshold
+
+    def select(self, label_BHW, view):
+        q = confidence_weight(view.logits_BKHW, threshold=self.threshold)
+        return label_BHW, q.expand(label_BHW.shape), {"pseudo.confident_ratio": q}
+
+
+class CentroidAgreement(Selector):
     """DiGA's threshold-free selection: the pseudo-label where it agrees with the nearest centroid, weight 1."""
 
     def __init__(self, centroids: ClassCentroids):
         self.centroids = centroids
 
-    def select(self, label_BHW, logits_BKHW, view=None):
-        if view is None:
-            raise ValueError("the centroid agreement needs the teacher's features (a TeacherView)")
+    def select(self, label_BHW, view):
         nearest_BHW = self.centroids.nearest(view.fused_BChw, size=tuple(label_BHW.shape[-2:]))
         selected_BHW = agreement_selection(label_BHW, nearest_BHW)
         self.centroids.contribute(view.fused_BChw, view.logits_BKhw, selected_BHW)
@@ -106,7 +116,3 @@ class CentroidAgreement(ConfidenceWeight):
     def load_state_dict(self, state):
         self.centroids.load_state_dict(state["centroids"])
 
-
-def resize_logits(logits_BKhw: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Logits at the head's grid resized to the image (bilinear, align_corners=False, as Segmentor.segment)."""
-    return F.interpolate(logits_BKhw, size=size, mode="bilinear", align_corners=False)

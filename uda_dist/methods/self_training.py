@@ -33,7 +33,6 @@ import dataclasses
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from uda_dist.data.augment import StrongAugConfig, strong_photometric
@@ -41,7 +40,8 @@ from uda_dist.data.fda import cross_domain_mixture, fourier_style
 from uda_dist.losses.distillation import symmetric_distillation
 from uda_dist.losses.segmentation import IGNORE_INDEX, cross_entropy
 from uda_dist.methods.base import Method, MethodConfig, Reducer
-from uda_dist.methods.labelers import CentroidAgreement, ConfidenceWeight, TeacherView, resize_logits
+from uda_dist.methods.labelers import CentroidAgreement, ConfidenceWeight, Selector, TeacherView, confidence_weight
+from uda_dist.model.heads import resize_to
 from uda_dist.stats.centroids import ClassCentroids
 
 
@@ -146,8 +146,9 @@ def pseudo_labels(logits_BKHW: torch.Tensor, *, threshold: float, crop_top: int 
     """(label_BHW, weight_BHW, q): argmax of the teacher softmax; weight = q everywhere, where q is the
     fraction of the batch's pixels with max probability >= threshold (one scalar, as DAFormer), and 0 on
     the PL-crop rows."""
-    label_BHW, weight_BHW, log = ConfidenceWeight(threshold).select(logits_BKHW.argmax(dim=1), logits_BKHW)
-    return label_BHW, without_pl_crop(weight_BHW, top=crop_top, bottom=crop_bottom), log["pseudo.confident_ratio"]
+    label_BHW = logits_BKHW.argmax(dim=1)
+    q = confidence_weight(logits_BKHW, threshold=threshold)
+    return label_BHW, without_pl_crop(q.expand(label_BHW.shape), top=crop_top, bottom=crop_bottom), q
 
 
 def without_pl_crop(weight_BHW: torch.Tensor, *, top: int, bottom: int) -> torch.Tensor:
@@ -197,7 +198,7 @@ class SelfTraining(Method):
         self.teacher = copy.deepcopy(student)
         self.teacher.requires_grad_(False)
         self.generator = torch.Generator().manual_seed(seed)
-        self.selector = ConfidenceWeight(cfg.pseudo_threshold)
+        self.selector: Selector = ConfidenceWeight(cfg.pseudo_threshold)
         if cfg.pseudo_selection == "centroid_agreement":
             centroids = ClassCentroids(student.cfg.num_classes, student.fused_channels, momentum=cfg.centroid_momentum,
                                        min_pixels=cfg.centroid_min_pixels, reducer=reducer)
@@ -217,7 +218,7 @@ class SelfTraining(Method):
         with torch.no_grad():
             out = self._teacher_mode()(image_B3HW, with_features=True)
         return TeacherView(logits_BKhw=out.logits_BKhw, fused_BChw=out.fused_BChw,
-                           logits_BKHW=resize_logits(out.logits_BKhw, tuple(image_B3HW.shape[-2:])))
+                           logits_BKHW=resize_to(out.logits_BKhw, image_B3HW.shape[-2:]))
 
     def teacher_predict(self, image_B3HW: torch.Tensor) -> torch.Tensor:
         """Teacher logits at image size."""
@@ -230,7 +231,7 @@ class SelfTraining(Method):
         cfg = self.cfg
         view = self.teacher_view(target["image"])
         label_BHW = target["label"] if cfg.pseudo_source == "offline" else view.logits_BKHW.argmax(dim=1)
-        label_BHW, weight_BHW, log = self.selector.select(label_BHW, view.logits_BKHW, view)
+        label_BHW, weight_BHW, log = self.selector.select(label_BHW, view)
         return label_BHW, without_pl_crop(weight_BHW, top=cfg.pl_crop_top, bottom=cfg.pl_crop_bottom), log
 
     def mix_loss(self, student: nn.Module, source: dict[str, Any], target: dict[str, Any],
@@ -253,10 +254,7 @@ class SelfTraining(Method):
         image_B3HW, label_BHW = source["image"], source["label"]
         mask_BHW = class_mix_masks(label_BHW, num_classes=student.cfg.num_classes, generator=self.generator)
         mask_BHW = mask_BHW | (label_BHW == IGNORE_INDEX)
-        style_B3HW = target["image"]
-        if style_B3HW.shape[-2:] != image_B3HW.shape[-2:]:
-            style_B3HW = F.interpolate(style_B3HW, size=image_B3HW.shape[-2:], mode="bilinear", align_corners=False)
-        styled_B3HW = fourier_style(image_B3HW, style_B3HW, beta=cfg.fda_beta)
+        styled_B3HW = fourier_style(image_B3HW, resize_to(target["image"], image_B3HW.shape[-2:]), beta=cfg.fda_beta)
         jittered_B3HW = strong_photometric(image_B3HW, generator=self.generator, cfg=cfg.jitter)
         aug_B3HW = cross_domain_mixture(image_B3HW, jittered_B3HW, styled_B3HW, mask_BHW, beta=cfg.beta)
         logits_aug_BKHW = student.segment(aug_B3HW)

@@ -139,17 +139,20 @@ def synthetic_asanet_st() -> PipelineConfig:
                               ("self_training", SelfTrainingConfig(ema_alpha=0.99)))
 
 
-def _diga_stages(first: str, rounds: tuple[tuple[str, MethodConfig], ...]) -> PipelineConfig:
-    base = synthetic_source_only()
-    sections = sections_of(base)
-    labelled = LabelConfig(enabled=True)  # every pixel labelled: no threshold (DiGA)
-    stages = [StageConfig(name="warmup", init="config", **{**sections, "method": diga_warmup(ema_alpha=0.99),
-                                                           "label": labelled})]
-    for index, (stage, method) in enumerate(rounds):
-        last = index == len(rounds) - 1
-        stages.append(StageConfig(name=stage, labels_from=stages[-1].name, labels_as="target",
-                                  **{**sections, "method": method, "label": LabelConfig(enabled=not last)}))
-    return PipelineConfig(name=first, stages=tuple(stages))
+def _diga_stages(name: str, method: MethodConfig, *, offline_labels: bool) -> PipelineConfig:
+    """The distillation warm-up, then two self-training rounds of ``method``, each from the previous stage's
+    weights; with ``offline_labels`` each stage but the last labels the target train split (no threshold) and
+    the next round reads those labels as its target's."""
+    sections = sections_of(synthetic_source_only())
+    names = ("warmup", "self_training", "self_training2")
+    methods = (diga_warmup(ema_alpha=0.99), method, method)
+    return PipelineConfig(name=name, stages=tuple(
+        StageConfig(name=stage, init="previous" if index else "config",
+                    labels_from=names[index - 1] if index and offline_labels else "",
+                    labels_as="target" if index and offline_labels else "source",
+                    **{**sections, "method": stage_method,
+                       "label": LabelConfig(enabled=offline_labels and index < len(names) - 1)})
+        for index, (stage, stage_method) in enumerate(zip(names, methods))))
 
 
 def synthetic_diga() -> PipelineConfig:
@@ -158,15 +161,11 @@ def synthetic_diga() -> PipelineConfig:
     selected by agreement with the nearest target centroid, + 0.25 distillation -> labels regenerated ->
     self-training again; each stage's teacher starts as its student. 700 steps a stage, the source-only
     recipe's optimiser and schedule, restarted per stage."""
-    method = diga_self_training(ema_alpha=0.99)
-    return _diga_stages("synthetic_diga", (("self_training", method), ("self_training2", method)))
+    return _diga_stages("synthetic_diga", diga_self_training(ema_alpha=0.99), offline_labels=True)
 
 
 def synthetic_diga_daformer() -> PipelineConfig:
     """The comparison for DiGA's self-training: the same distillation warm-up, then two rounds of DAFormer-style
     self-training (the teacher's online labels, confidence weight), each from the previous stage's weights
     with its teacher starting as its student, as synthetic_diga's rounds."""
-    st = SelfTrainingConfig(ema_alpha=0.99)
-    base = _diga_stages("synthetic_diga_daformer", (("self_training", st), ("self_training2", st)))
-    unlabelled = (dataclasses.replace(s, labels_from="", labels_as="source", label=LabelConfig()) for s in base.stages)
-    return dataclasses.replace(base, stages=tuple(unlabelled))
+    return _diga_stages("synthetic_diga_daformer", SelfTrainingConfig(ema_alpha=0.99), offline_labels=False)
