@@ -3,22 +3,29 @@
 Paper: Tranheden et al., "DACS", WACV 2021; Hoyer et al., "DAFormer", CVPR 2022. Reference: lhoyer/DAFormer
 mmseg/models/uda/dacs.py and mmseg/models/utils/dacs_transforms.py.
 
-Parts a recipe chooses (DiGA's self-training is this method with the other choices, uda_dist.recipes):
+Parts a recipe chooses (each a config field; no method subclasses another):
 - where a target pixel's pseudo-label comes from (``pseudo_source``): the teacher at each step, or the
   offline pseudo-labels an earlier stage wrote (the target stream then carries them as its labels);
 - how the pseudo-labels are weighted or selected (``pseudo_selection``, uda_dist.methods.labelers): DAFormer's
   confidence weight, or DiGA's agreement with the nearest target feature centroid;
-- DiGA's symmetric distillation (``distillation``, off by default): the student and the teacher on the source
-  image x and on its cross-domain mixture x_aug (uda_dist.data.fda), H(T(x), S(x_aug)) + 0.5 H(T(x_aug), S(x))
-  (uda_dist.losses.distillation). With ``pseudo_weight=0`` there is no target term: DiGA's source-only
-  warm-up (the target images only lend their style to x_aug).
+- plug-in loss terms (uda_dist.methods.terms), each off by default: DiGA's symmetric distillation
+  (``distillation``, uda_dist.methods.distillation; with ``pseudo_weight=0`` there is no target term: DiGA's
+  source-only warm-up) and SePiCo's pixel contrast (uda_dist.methods.sepico). Terms that read class
+  statistics share ONE ClassStatistics, fed once per step (one packed all-reduce).
 
-One step, top to bottom: the student's source cross-entropy; the distillation term; the teacher's view of the
-un-augmented target and the selected pseudo-labels; the weighted cross-entropy on the ClassMix image.
+One step, top to bottom (``losses``):
+1. SePiCo's class-balanced target crop, when on;
+2. the teacher's view of the un-augmented target and the selected pseudo-labels (when anything reads them);
+3. the source class statistics, BEFORE the losses, from the teacher's projection of the un-augmented source
+   and the ground truth (when a term reads them): one reduce;
+4. the student's source pass (on the strongly augmented source with ``strong_source``; with projection
+   features when a term asks) and its cross-entropy;
+5. the terms' losses on that pass (distillation, contrast);
+6. the ClassMix image, the student's pass over it and its weighted cross-entropy;
+7. the terms' losses on the mixed pass.
 Differences on purpose:
 - no host syncs in the step: the pseudo-label quality weight q stays a device tensor (DAFormer calls .item()),
-  and ClassMix picks classes from a presence vector instead of torch.unique;
-- ClassMix never picks the ignore label 255 as a class to paste (DAFormer's torch.unique may);
+  and ClassMix picks classes from a presence vector instead of torch.unique (uda_dist.data.class_mix);
 - the teacher copies the student's buffers (BatchNorm running statistics) at every EMA update instead of
   keeping stale ones, so teacher state is a function of student state (identical across ranks when the
   students are); as in DAFormer the teacher labels with dropout and drop-path off and BatchNorm in batch-
@@ -36,40 +43,19 @@ import torch
 from torch import nn
 
 from uda_dist.data.augment import StrongAugConfig, strong_photometric
-from uda_dist.data.fda import cross_domain_mixture, fourier_style
-from uda_dist.losses.distillation import symmetric_distillation
+from uda_dist.data.class_mix import class_mix_masks, mix
+from uda_dist.losses.contrast import downscale_labels
 from uda_dist.losses.segmentation import IGNORE_INDEX, cross_entropy
 from uda_dist.methods.base import Method, MethodConfig, Reducer
+from uda_dist.methods.distillation import Distillation, DistillationConfig
 from uda_dist.methods.labelers import CentroidAgreement, ConfidenceWeight, Selector, TeacherView, confidence_weight
+from uda_dist.methods.terms import MixedPass, StepContext, Term, pixels, pl_crop_rows
 from uda_dist.model.heads import resize_to
 from uda_dist.stats.centroids import ClassCentroids
+from uda_dist.stats.class_stats import ClassStatistics
 
-
-def _diga_jitter() -> StrongAugConfig:
-    return StrongAugConfig(jitter_strength=0.4, jitter_p=0.5, blur_p=0.8)
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class DistillationConfig:
-    """DiGA's symmetric distillation between the student and its EMA teacher over the source image x and its
-    cross-domain mixture x_aug."""
-
-    weight: float = 0.0
-    """Weight of the distillation term (DiGA: 0.5 in the warm-up, 0.25 in self-training); 0 = off."""
-    beta: float = 0.4
-    """x_aug = beta * jitter(x) + (1 - beta) * x on half of the label's classes (DiGA: 0.4 in the warm-up, 0.3
-    in self-training); the target-styled x (Fourier domain adaptation) on the others."""
-    fda_beta: float = 0.01
-    """Fourier domain adaptation's window: the frequencies below this share of the shorter side take the
-    target's amplitude (FDA: 0.01)."""
-    jitter: StrongAugConfig = dataclasses.field(default_factory=_diga_jitter)
-    """jitter(x): colour jitter 0.4 with probability 0.5 and Gaussian blur with probability 0.8 (DiGA's
-    kornia jitter, without its grayscale and sharpness steps)."""
-
-    def __post_init__(self) -> None:
-        if self.weight < 0 or not 0.0 <= self.beta <= 1.0 or not 0.0 <= self.fda_beta < 0.5:
-            raise ValueError(f"distillation needs weight >= 0, beta in [0, 1] and fda_beta in [0, 0.5), got "
-                             f"{self.weight}, {self.beta}, {self.fda_beta}")
+__all__ = ["DistillationConfig", "SelfTraining", "SelfTrainingConfig", "class_mix_masks", "diga_self_training",
+           "diga_warmup", "ema_alpha", "ema_update", "mix", "pl_crop_rows", "pseudo_labels"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -87,6 +73,17 @@ class SelfTrainingConfig(MethodConfig):
     pl_crop_bottom: int = 0
     """Rows at the bottom of the target image whose pseudo-label weight is 0 (GTA->Cityscapes: 120)."""
     strong_aug: StrongAugConfig = dataclasses.field(default_factory=StrongAugConfig)
+    strong_source: bool = False
+    """The student's source pass (cross-entropy and the terms that read it) on the strongly augmented source,
+    as the SePiCo paper trains it; False = the weak source image, as DAFormer."""
+    class_balanced_crops: int = 0
+    """SePiCo's class-balanced target crop: from each (larger) target crop, take the best of this many random
+    source-sized windows by the teacher's pseudo-labels, then label the window again; 0 = off. Needs
+    data.loader.target_crop_size larger than crop_size (SePiCo: 10)."""
+    label_min_share: float = 0.75
+    """Labels on the feature grid (statistics and contrasts): keep the majority class where its share of the
+    pooled pixels is >= this (SePiCo: 0.75)."""
+
     pseudo_source: Literal["teacher", "offline"] = "teacher"
     """A target pixel's pseudo-label: "teacher" = the EMA teacher's arg-max on the un-augmented target image at
     each step (DAFormer); "offline" = the label stored with the target sample, an earlier stage's pseudo-labels
@@ -113,6 +110,10 @@ class SelfTrainingConfig(MethodConfig):
         if not 0.0 <= self.centroid_momentum <= 1.0 or self.centroid_min_pixels < 1:
             raise ValueError(f"centroid_momentum must be in [0, 1] and centroid_min_pixels >= 1, got "
                              f"{self.centroid_momentum}, {self.centroid_min_pixels}")
+        if self.class_balanced_crops < 0:
+            raise ValueError(f"class_balanced_crops must be >= 0, got {self.class_balanced_crops}")
+        if not 0.0 < self.label_min_share <= 1.0:
+            raise ValueError(f"label_min_share must be in (0, 1], got {self.label_min_share}")
 
     @property
     def reads_target_labels(self) -> bool:
@@ -121,6 +122,10 @@ class SelfTrainingConfig(MethodConfig):
     def build(self, student: nn.Module, *, seed: int, reducer: Reducer | None = None,
               total_steps: int = 0) -> "SelfTraining":
         return SelfTraining(self, student, seed=seed, reducer=reducer)
+
+    def terms(self, student: nn.Module) -> tuple[Term, ...]:
+        """The plug-in terms this config switches on, in the order the step runs them."""
+        return (Distillation(self.distillation),) if self.distillation.weight else ()
 
 
 # ---------------------------------------------------------------- pure pieces (unit-tested)
@@ -157,34 +162,28 @@ def without_pl_crop(weight_BHW: torch.Tensor, *, top: int, bottom: int) -> torch
     return weight_BHW.masked_fill(cropped_H.view(1, -1, 1), 0.0)
 
 
-def pl_crop_rows(height: int, *, top: int, bottom: int, device: torch.device | None = None) -> torch.Tensor:
-    """bool [H]: the PL-crop rows (the first ``top`` and the last ``bottom``), whose pseudo-labels are not used."""
-    rows_H = torch.arange(height, device=device)
-    return (rows_H < top) | (rows_H >= height - bottom)
-
-
-def class_mix_masks(label_BHW: torch.Tensor, *, num_classes: int, generator: torch.Generator) -> torch.Tensor:
-    """ClassMix masks (bool BHW): per image, a random half (rounded up) of the classes present in the source
-    label; the mask covers those classes' pixels. Ignore pixels are never in the mask."""
-    B = label_BHW.shape[0]
-    valid_BHW = label_BHW != IGNORE_INDEX
-    flat_BN = torch.where(valid_BHW, label_BHW, num_classes).reshape(B, -1)
-    present_BK = torch.zeros(B, num_classes + 1, dtype=torch.bool, device=label_BHW.device)
-    present_BK.scatter_(1, flat_BN, True)
-    present_BK = present_BK[:, :num_classes]
-    scores_BK = torch.rand(B, num_classes, generator=generator).to(label_BHW.device)
-    scores_BK = scores_BK.masked_fill(~present_BK, -1.0)
-    ranks_BK = scores_BK.argsort(dim=1, descending=True).argsort(dim=1)
-    n_pick_B1 = (present_BK.sum(dim=1, keepdim=True) + 1) // 2
-    chosen_BK = present_BK & (ranks_BK < n_pick_B1)
-    chosen_BK = torch.cat([chosen_BK, chosen_BK.new_zeros(B, 1)], dim=1)  # the ignore slot is never chosen
-    return torch.gather(chosen_BK, 1, flat_BN).reshape(label_BHW.shape)
-
-
-def mix(mask_BHW: torch.Tensor, inside: torch.Tensor, outside: torch.Tensor) -> torch.Tensor:
-    """Paste `inside` where the mask is set; works for images (B3HW) and per-pixel maps (BHW)."""
-    mask = mask_BHW.unsqueeze(1) if inside.dim() == 4 else mask_BHW
-    return torch.where(mask, inside, outside)
+def class_balanced_windows(label_BHW: torch.Tensor, *, size: tuple[int, int], candidates: int, num_classes: int,
+                           generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image, the top-left corner (tops_B, lefts_B, CPU) of the best of ``candidates`` random windows of
+    ``size``, scored as in SePiCo by sum over the classes present in the window of log(pixel count); ties go to
+    the first drawn window. Ignored pixels (255) do not count. Reads the best window's index on the host (one sync per
+    step, only when the option is on)."""
+    B, H, W = label_BHW.shape
+    h, w = size
+    if h > H or w > W:
+        raise ValueError(f"class-balanced crop of {h}x{w} does not fit target images of {H}x{W}: set "
+                         f"data.loader.target_crop_size to at least the source crop")
+    tops_BC = torch.randint(0, H - h + 1, (B, candidates), generator=generator)
+    lefts_BC = torch.randint(0, W - w + 1, (B, candidates), generator=generator)
+    slot_BHW = torch.where(label_BHW == IGNORE_INDEX, num_classes, label_BHW)
+    counts_BCK = torch.stack([
+        torch.stack([torch.bincount(slot_BHW[b, t:t + h, l:l + w].reshape(-1), minlength=num_classes + 1)
+                     for t, l in zip(tops_BC[b].tolist(), lefts_BC[b].tolist())])
+        for b in range(B)])[..., :num_classes].double()
+    scores_BC = torch.where(counts_BCK > 0, counts_BCK.log(), 0.0).sum(dim=-1)
+    best_B = scores_BC.argmax(dim=1).cpu()
+    rows_B = torch.arange(B)
+    return tops_BC[rows_B, best_B], lefts_BC[rows_B, best_B]
 
 
 # ---------------------------------------------------------------- the method
@@ -193,16 +192,22 @@ class SelfTraining(Method):
     needs_target = True
     per_rank_state = ("generator",)  # seeded by rank: ClassMix classes, crops
 
-    def __init__(self, cfg: SelfTrainingConfig, student: nn.Module, *, seed: int = 0, reducer: Reducer | None = None):
+    def __init__(self, cfg: SelfTrainingConfig, student: nn.Module, *, seed: int = 0, reducer: Reducer | None = None,
+                 terms: tuple[Term, ...] = ()):
         self.cfg = cfg
+        self.terms = cfg.terms(student) + tuple(terms)
         self.teacher = copy.deepcopy(student)
         self.teacher.requires_grad_(False)
         self.generator = torch.Generator().manual_seed(seed)
+        device = next(student.parameters()).device
         self.selector: Selector = ConfidenceWeight(cfg.pseudo_threshold)
         if cfg.pseudo_selection == "centroid_agreement":
             centroids = ClassCentroids(student.cfg.num_classes, student.fused_channels, momentum=cfg.centroid_momentum,
                                        min_pixels=cfg.centroid_min_pixels, reducer=reducer)
-            self.selector = CentroidAgreement(centroids.to(next(student.parameters()).device))
+            self.selector = CentroidAgreement(centroids.to(device))
+        self.stats: ClassStatistics | None = None
+        if any(term.uses_statistics for term in self.terms):
+            self.stats = ClassStatistics(student.cfg.num_classes, student.cfg.proj_dim, reducer=reducer).to(device)
         self._log: dict[str, torch.Tensor] = {}
 
     def _teacher_mode(self) -> nn.Module:
@@ -225,53 +230,82 @@ class SelfTraining(Method):
         return self.teacher_view(image_B3HW).logits_BKHW
 
     def target_pseudo_labels(self, target: dict[str, Any]
-                             ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """(label_BHW, weight_BHW, values to log): the teacher's arg-max on the un-augmented target image (or
-        the offline pseudo-labels), weighted or selected by the pseudo-label selector, 0 on the PL-crop rows."""
+                             ) -> tuple[torch.Tensor, torch.Tensor, TeacherView, dict[str, torch.Tensor]]:
+        """(label_BHW, weight_BHW, the teacher's view, values to log): the teacher's arg-max on the un-augmented
+        target image (or the offline pseudo-labels), weighted or selected by the pseudo-label selector, 0 on
+        the PL-crop rows."""
         cfg = self.cfg
         view = self.teacher_view(target["image"])
         label_BHW = target["label"] if cfg.pseudo_source == "offline" else view.logits_BKHW.argmax(dim=1)
         label_BHW, weight_BHW, log = self.selector.select(label_BHW, view)
-        return label_BHW, without_pl_crop(weight_BHW, top=cfg.pl_crop_top, bottom=cfg.pl_crop_bottom), log
+        return label_BHW, without_pl_crop(weight_BHW, top=cfg.pl_crop_top, bottom=cfg.pl_crop_bottom), view, log
 
-    def mix_loss(self, student: nn.Module, source: dict[str, Any], target: dict[str, Any],
-                 pl_BHW: torch.Tensor, pl_weight_BHW: torch.Tensor) -> torch.Tensor:
-        """Weighted CE of the student on the strongly augmented ClassMix image (source pasted on target)."""
+    @torch.no_grad()
+    def update_statistics(self, source: dict[str, Any]) -> None:
+        """The teacher's projection of the un-augmented source + its ground truth -> the class statistics (one
+        reduce), then to every term that keeps something of the step's reduced moments (SePiCo's memory bank)."""
+        feat_BDhw = self._teacher_mode().project(source["image"])
+        label_Bhw = downscale_labels(source["label"], size=tuple(feat_BDhw.shape[-2:]),
+                                     num_classes=self.stats.num_classes, min_share=self.cfg.label_min_share)
+        batch = self.stats.update(pixels(feat_BDhw), label_Bhw.reshape(-1))
+        for term in self.terms:
+            term.on_statistics(batch)
+
+    def class_balanced_target(self, target: dict[str, Any], *, size: tuple[int, int]) -> dict[str, Any]:
+        """The target batch cut to ``size`` at the windows whose pseudo-labels are the most class-balanced."""
+        label_BHW = self.teacher_predict(target["image"]).argmax(dim=1)
+        tops_B, lefts_B = class_balanced_windows(label_BHW, size=size, candidates=self.cfg.class_balanced_crops,
+                                                 num_classes=self.teacher.cfg.num_classes, generator=self.generator)
+        h, w = size
+        image_B3HW = torch.stack([img[:, t:t + h, l:l + w] for img, t, l in
+                                  zip(target["image"], tops_B.tolist(), lefts_B.tolist())])
+        return {**target, "image": image_B3HW}
+
+    def mixed_pass(self, student: nn.Module, source: dict[str, Any], target: dict[str, Any],
+                   pl_BHW: torch.Tensor, pl_weight_BHW: torch.Tensor, *, with_proj: bool) -> MixedPass:
+        """The strongly augmented ClassMix image (source pasted on target), its labels and weights (1 on the
+        pasted source, the pseudo-label weight elsewhere), and the student's pass over it."""
         mask_BHW = class_mix_masks(source["label"], num_classes=student.cfg.num_classes, generator=self.generator)
         mixed_B3HW = mix(mask_BHW, source["image"], target["image"])
         mixed_B3HW = strong_photometric(mixed_B3HW, generator=self.generator, cfg=self.cfg.strong_aug)
-        mixed_label_BHW = mix(mask_BHW, source["label"], pl_BHW)
-        mixed_weight_BHW = mix(mask_BHW, torch.ones_like(pl_weight_BHW), pl_weight_BHW)
-        logits_mix_BKHW = student.segment(mixed_B3HW)
-        return self.cfg.pseudo_weight * cross_entropy(logits_mix_BKHW, mixed_label_BHW, weight_BHW=mixed_weight_BHW)
-
-    def distillation_loss(self, student: nn.Module, source: dict[str, Any], target: dict[str, Any],
-                          logits_src_BKHW: torch.Tensor) -> torch.Tensor:
-        """weight * [H(T(x), S(x_aug)) + 0.5 H(T(x_aug), S(x))] on the source image x and its cross-domain
-        mixture x_aug (the target batch lends its style); the teacher's view of x_aug also feeds the
-        selector's source statistics (DiGA's centroids)."""
-        cfg = self.cfg.distillation
-        image_B3HW, label_BHW = source["image"], source["label"]
-        mask_BHW = class_mix_masks(label_BHW, num_classes=student.cfg.num_classes, generator=self.generator)
-        mask_BHW = mask_BHW | (label_BHW == IGNORE_INDEX)
-        styled_B3HW = fourier_style(image_B3HW, resize_to(target["image"], image_B3HW.shape[-2:]), beta=cfg.fda_beta)
-        jittered_B3HW = strong_photometric(image_B3HW, generator=self.generator, cfg=cfg.jitter)
-        aug_B3HW = cross_domain_mixture(image_B3HW, jittered_B3HW, styled_B3HW, mask_BHW, beta=cfg.beta)
-        logits_aug_BKHW = student.segment(aug_B3HW)
-        teacher_x, teacher_aug = self.teacher_view(image_B3HW), self.teacher_view(aug_B3HW)
-        self.selector.observe_source(teacher_aug, label_BHW)
-        return cfg.weight * symmetric_distillation(teacher_x.logits_BKHW, logits_src_BKHW, teacher_aug.logits_BKHW,
-                                                   logits_aug_BKHW)
+        label_BHW = mix(mask_BHW, source["label"], pl_BHW)
+        weight_BHW = mix(mask_BHW, torch.ones_like(pl_weight_BHW), pl_weight_BHW)
+        out = student(mixed_B3HW, with_proj=with_proj)
+        return MixedPass(image_B3HW=mixed_B3HW, mask_BHW=mask_BHW, label_BHW=label_BHW, weight_BHW=weight_BHW,
+                         out=out, logits_BKHW=resize_to(out.logits_BKhw, mixed_B3HW.shape[-2:]))
 
     def losses(self, student, source, target, step):
-        cfg = self.cfg
-        logits_src_BKHW = student.segment(source["image"])
+        cfg, terms = self.cfg, self.terms
+        if cfg.class_balanced_crops:                                                            # 1. target crop
+            target = self.class_balanced_target(target, size=tuple(source["image"].shape[-2:]))
+        pl_BHW = pl_weight_BHW = view = None
+        if cfg.pseudo_weight or any(term.needs_pseudo_labels for term in terms):               # 2. pseudo-labels
+            pl_BHW, pl_weight_BHW, view, self._log = self.target_pseudo_labels(target)
+        if self.stats is not None:                                                              # 3. statistics
+            self.update_statistics(source)
+            self._log = {**self._log, "stats.classes_seen": self.stats.seen_K.sum().float()}
+        source_B3HW = source["image"]                                                           # 4. source pass
+        if cfg.strong_source:
+            source_B3HW = strong_photometric(source_B3HW, generator=self.generator, cfg=cfg.strong_aug)
+        out_src = student(source_B3HW, with_proj=any(term.source_projection(step) for term in terms))
+        logits_src_BKHW = resize_to(out_src.logits_BKhw, source["label"].shape[-2:])
         losses = {"source.ce": cfg.source_weight * cross_entropy(logits_src_BKHW, source["label"])}
-        if cfg.distillation.weight:
-            losses["source.distillation"] = self.distillation_loss(student, source, target, logits_src_BKHW)
-        if cfg.pseudo_weight:
-            pl_BHW, pl_weight_BHW, self._log = self.target_pseudo_labels(target)
-            losses["mix.ce"] = self.mix_loss(student, source, target, pl_BHW, pl_weight_BHW)
+        ctx = StepContext(step=step, student=student, source=source, source_image=source_B3HW, source_out=out_src,
+                          logits_src_BKHW=logits_src_BKHW, target=target, pseudo_label_BHW=pl_BHW,
+                          pseudo_weight_BHW=pl_weight_BHW, pseudo_view=view, generator=self.generator,
+                          teacher_view=self.teacher_view, selector=self.selector, stats=self.stats,
+                          strong_aug=cfg.strong_aug, label_min_share=cfg.label_min_share,
+                          pl_crop=(cfg.pl_crop_top, cfg.pl_crop_bottom))
+        for term in terms:                                                                      # 5. terms
+            losses.update(term.losses(ctx))
+        mix_proj = any(term.mix_projection(step) for term in terms)
+        if cfg.pseudo_weight or mix_proj:                                                       # 6. ClassMix pass
+            mixed = self.mixed_pass(student, source, target, pl_BHW, pl_weight_BHW, with_proj=mix_proj)
+            if cfg.pseudo_weight:
+                losses["mix.ce"] = cfg.pseudo_weight * cross_entropy(mixed.logits_BKHW, mixed.label_BHW,
+                                                                     weight_BHW=mixed.weight_BHW)
+            for term in terms:                                                                  # 7. terms on it
+                losses.update(term.mix_losses(ctx, mixed))
         return losses
 
     def start(self, student, target_split, device):
@@ -286,13 +320,26 @@ class SelfTraining(Method):
         return self._log
 
     def state_dict(self) -> dict[str, Any]:
-        return {"teacher": self.teacher.state_dict(), "generator": self.generator.get_state(),
-                "selector": self.selector.state_dict()}
+        state = {"teacher": self.teacher.state_dict(), "generator": self.generator.get_state(),
+                 "selector": self.selector.state_dict()}
+        if self.stats is not None:
+            state["stats"] = self.stats.state_dict()
+        for term in self.terms:
+            term_state = term.state_dict()
+            if term_state.keys() & state.keys():
+                raise ValueError(f"{type(term).__name__} keeps state under keys already taken: "
+                                 f"{sorted(term_state.keys() & state.keys())}")
+            state.update(term_state)
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.teacher.load_state_dict(state["teacher"])
         self.generator.set_state(state["generator"])
         self.selector.load_state_dict(state["selector"])
+        if self.stats is not None:
+            self.stats.load_state_dict(state["stats"])
+        for term in self.terms:
+            term.load_state_dict({key: state[key] for key in term.state_dict()})
 
 
 # ---------------------------------------------------------------- DiGA's stages, as choices of this method

@@ -1,0 +1,135 @@
+"""Plug-in loss terms: the parts a recipe adds to self-training (SePiCo's contrast, PGPC's contrast, DiGA's
+distillation), each reading the passes the step already made instead of making its own.
+
+Self-training (uda_dist.methods.self_training) runs one step top to bottom and hands every term a
+``StepContext``: the student's source pass (with its projection features when a term asks for them), the
+pseudo-labels of the target, the teacher's view, the random generator, and the source class statistics. The
+statistics are ONE object per method (uda_dist.stats.class_stats), fed once per step with the teacher's
+projection of the un-augmented source and its ground truth, in one packed all-reduce, whichever and however
+many terms read them. A term returns named, already weighted losses in two places: ``losses`` after the
+student's source pass, and ``mix_losses`` after its pass over the ClassMix image (``MixedPass``), so that a
+term contrasting the mixed image reuses that forward pass.
+
+The math of each term is in a pure module (uda_dist.losses.contrast, .pgpc, .distillation); a term only picks
+the pixels, labels and weights it feeds them.
+
+Legend: B batch, K classes, D projection dim, H, W image, h, w feature grid, N pixels.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from uda_dist.data.augment import StrongAugConfig
+from uda_dist.losses.contrast import downscale_labels
+from uda_dist.losses.segmentation import IGNORE_INDEX
+from uda_dist.methods.labelers import Selector, TeacherView
+from uda_dist.stats.class_stats import ClassStatistics
+from uda_dist.stats.moments import Moments
+
+
+@dataclasses.dataclass
+class StepContext:
+    """What a term sees of the step (built by self-training, in the order it runs)."""
+
+    step: int
+    student: nn.Module
+    source: dict[str, Any]
+    """The source batch ("image" is the un-augmented image; the student saw ``source_image``)."""
+    source_image: torch.Tensor
+    """The image of the student's source pass (strongly augmented with ``method.strong_source``)."""
+    source_out: Any
+    """The student's SegOutput on ``source_image`` (proj_BDhw set when a term asked for it)."""
+    logits_src_BKHW: torch.Tensor
+    target: dict[str, Any]
+    pseudo_label_BHW: torch.Tensor | None
+    """The selected pseudo-labels of the target (None when the step makes none)."""
+    pseudo_weight_BHW: torch.Tensor | None
+    """Their per-pixel weights (0 on the PL-crop rows)."""
+    pseudo_view: TeacherView | None
+    """The teacher's view of the target the pseudo-labels come from."""
+    generator: torch.Generator
+    teacher_view: Callable[[torch.Tensor], TeacherView]
+    selector: Selector
+    stats: ClassStatistics | None
+    strong_aug: StrongAugConfig
+    """The strong photometric augmentation of self-training (for a term's own strongly augmented pass)."""
+    label_min_share: float
+    pl_crop: tuple[int, int]
+    """(top, bottom) PL-crop rows."""
+
+    def contrast_pseudo_labels(self) -> torch.Tensor:
+        """The target pseudo-labels for a contrast: every pixel, the PL-crop rows ignored."""
+        top, bottom = self.pl_crop
+        cropped_H = pl_crop_rows(self.pseudo_label_BHW.shape[1], top=top, bottom=bottom,
+                                 device=self.pseudo_label_BHW.device)
+        return self.pseudo_label_BHW.masked_fill(cropped_H.view(1, -1, 1), IGNORE_INDEX)
+
+    def grid_labels(self, label_BHW: torch.Tensor, feat_BDhw: torch.Tensor) -> torch.Tensor:
+        """Labels on the feature grid (the majority class where its share >= label_min_share, else ignore)."""
+        return downscale_labels(label_BHW, size=tuple(feat_BDhw.shape[-2:]),
+                                num_classes=self.student.cfg.num_classes, min_share=self.label_min_share)
+
+
+@dataclasses.dataclass
+class MixedPass:
+    """The ClassMix image and the student's pass over it."""
+
+    image_B3HW: torch.Tensor
+    mask_BHW: torch.Tensor
+    """Where the source was pasted."""
+    label_BHW: torch.Tensor
+    weight_BHW: torch.Tensor
+    out: Any
+    """The student's SegOutput (proj_BDhw set when a term asked for it)."""
+    logits_BKHW: torch.Tensor
+
+
+class Term:
+    """The interface of a plug-in loss term; every hook does nothing by default."""
+
+    uses_statistics: bool = False
+    """Reads the source class statistics (the method then keeps and feeds them)."""
+    needs_pseudo_labels: bool = False
+    """Reads the target's pseudo-labels even when the method's own mixed term is off."""
+
+    def source_projection(self, step: int) -> bool:
+        """Whether this step's source pass must return projection features."""
+        return False
+
+    def mix_projection(self, step: int) -> bool:
+        """Whether this step's ClassMix pass must return projection features."""
+        return False
+
+    def on_statistics(self, batch: Moments) -> None:
+        """The step's source moments, reduced over workers, right after the statistics took them."""
+
+    def losses(self, ctx: StepContext) -> dict[str, torch.Tensor]:
+        """Named, weighted losses after the student's source pass."""
+        return {}
+
+    def mix_losses(self, ctx: StepContext, mixed: MixedPass) -> dict[str, torch.Tensor]:
+        """Named, weighted losses after the student's ClassMix pass."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            raise ValueError(f"{type(self).__name__} has no state, but got keys {sorted(state)}")
+
+
+def pl_crop_rows(height: int, *, top: int, bottom: int, device: torch.device | None = None) -> torch.Tensor:
+    """bool [H]: the PL-crop rows (the first ``top`` and the last ``bottom``), whose pseudo-labels are not used."""
+    rows_H = torch.arange(height, device=device)
+    return (rows_H < top) | (rows_H >= height - bottom)
+
+
+def pixels(feat_BDhw: torch.Tensor) -> torch.Tensor:
+    """[B, D, h, w] -> [B*h*w, D] in the label order of label_Bhw.reshape(-1)."""
+    return feat_BDhw.permute(0, 2, 3, 1).reshape(-1, feat_BDhw.shape[1])
