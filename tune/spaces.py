@@ -16,14 +16,17 @@ from typing import Any
 from uda_dist.config import ConfigError, apply_overrides
 
 SPACES: dict[str, dict[str, str]] = {
-    "temperature": {"method.tau": "loguniform(25, 400)"},
-    "contrast": {"method.tau": "loguniform(25, 400)", "method.contrast_weight": "loguniform(0.1, 3)"},
+    "temperature": {"method.sepico.tau": "loguniform(25, 400)"},
+    "contrast": {"method.sepico.tau": "loguniform(25, 400)", "method.sepico.weight": "loguniform(0.1, 3)"},
     "pseudo": {"method.pseudo_threshold": "uniform(0.8, 0.99)", "method.pseudo_weight": "uniform(0.5, 1.5)"},
-    "sepico": {"method.tau": "loguniform(25, 400)", "method.contrast_weight": "loguniform(0.1, 3)",
+    "sepico": {"method.sepico.tau": "loguniform(25, 400)", "method.sepico.weight": "loguniform(0.1, 3)",
                "method.pseudo_threshold": "uniform(0.8, 0.99)", "method.pseudo_weight": "uniform(0.5, 1.5)"},
+    "pgpc": {"method.pgpc.tau": "loguniform(0.05, 1)", "method.pgpc.weight": "loguniform(0.01, 1)",
+             "method.pgpc.threshold": "uniform(0.8, 0.99)", "method.pgpc.unreliable_weight": "uniform(0, 1)"},
 }
-"""--space NAME: SePiCo's temperature (tau, paper 100), contrast weight (lambda, paper 1), and DAFormer's
-pseudo-label confidence threshold (0.968) and pseudo-label loss weight (1)."""
+"""--space NAME: SePiCo's temperature (method.sepico.tau, paper 100), contrast weight (lambda, paper 1), and
+DAFormer's pseudo-label confidence threshold (0.968) and pseudo-label loss weight (1); PGPC's temperature,
+weight, reliability threshold and unreliable weight (recipes: 0.1, 0.1, 0.968, 1)."""
 
 _RANGES = ("uniform", "loguniform", "randint")
 _LISTS = ("choice", "grid")
@@ -66,7 +69,24 @@ def resolve_space(cfg: Any, name: str, params: list[str]) -> dict[str, str]:
                 apply_overrides(cfg, {key: value})
             except ConfigError as e:
                 raise ConfigError(f"search space key {key!r} ({spec}): {e}") from None
+        _check_term_on(cfg, key, space)
     return space
+
+
+def _check_term_on(cfg: Any, key: str, space: dict[str, str]) -> None:
+    """A key of a plug-in term (a config section with a ``weight``, 0 = off) is swept only where the term is on
+    or its weight is swept too: otherwise every trial would train the same run."""
+    *path, leaf = key.split(".")
+    section = cfg
+    for part in path:
+        if isinstance(section, tuple):  # stages.<name>
+            section = next((s for s in section if getattr(s, "name", None) == part), None)
+        else:
+            section = getattr(section, part, None)
+    weight_key = ".".join([*path, "weight"])
+    if leaf != "weight" and getattr(section, "weight", None) == 0 and weight_key not in space:
+        raise ConfigError(f"search space key {key!r}: the {path[-1]} term is off in this recipe "
+                          f"({weight_key}=0), so every trial would train the same run; sweep or set {weight_key}")
 
 
 def to_tune(space: dict[str, str]) -> dict[str, Any]:

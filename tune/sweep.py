@@ -278,9 +278,9 @@ def _sweep_params(recipe: str, space: dict[str, str], options: SweepOptions,
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tune.sweep", description=__doc__.splitlines()[0])
     p.add_argument("--recipe", required=True, help="recipe to sweep (python -m uda_dist.train --list-recipes)")
-    p.add_argument("--space", default="", help="named search space: temperature, contrast, pseudo, sepico")
+    p.add_argument("--space", default="", help="named search space: temperature, contrast, pseudo, sepico, pgpc")
     p.add_argument("--param", dest="params", action="extend", nargs="+", default=[], metavar="KEY=DIST",
-                   help="add or replace a swept key, e.g. method.tau='loguniform(25, 400)' or "
+                   help="add or replace a swept key, e.g. method.sepico.tau='loguniform(25, 400)' or "
                         "method.pseudo_weight='choice(0.5, 1.0)'")
     p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                    help="fixed overrides of every trial (launch.workers, train.iterations, train.eval_every...)")

@@ -64,7 +64,7 @@ def main() -> None:
     p.add_argument("--parallel", type=int, default=2)
     p.add_argument("--out", default="outputs/seeds")
     p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="overrides for every run, e.g. method.tau=0.1")
+                   help="overrides for every run, e.g. method.sepico.tau=0.1")
     p.add_argument("--tag", default="", help="run-name suffix for the variant (required with --set)")
     p.add_argument("--init-from", default="", metavar="RECIPE",
                    help="start each seed from that recipe's run of the same seed (its student.pt in --out), as "

@@ -108,7 +108,7 @@ def test_statistics_identical_on_both_ranks_and_equal_to_one_process(local_ray, 
     process fed both ranks' inputs, with the same labels selected on both."""
     from tests.integration.test_stages import diga_self_training_stage
     cfg = apply_overrides(synthetic_sepico_distcl(), tiny_overrides(tiny_data_dir, str(tmp_path)) + [
-        "train.iterations=4", "method.start_step=2", "model.proj_dim=8", "model.proj_hidden=8"])
+        "train.iterations=4", "method.sepico.start_step=2", "model.proj_dim=8", "model.proj_hidden=8"])
     fada = apply_overrides(synthetic_fada(), tiny_overrides(tiny_data_dir, str(tmp_path)) + [
         "train.iterations=3", "method.from_scratch=true", "method.disc_hidden=16", "engine.grad_accum=2",
         "data.loader.batch_size=2"])

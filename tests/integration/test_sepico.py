@@ -6,7 +6,9 @@ import torch
 from tests.helpers import tiny_overrides
 from uda_dist.config import apply_overrides
 from uda_dist.loop import train_loop
-from uda_dist.methods.sepico import SePiCoConfig
+from uda_dist.methods.self_training import SelfTrainingConfig
+from uda_dist.methods.terms import pl_crop_rows
+from uda_dist.methods.sepico import SePiCoContrastConfig
 from uda_dist.model.segmentor import ModelConfig, build_segmentor
 from uda_dist.recipes.synthetic import synthetic_sepico_bankcl, synthetic_sepico_distcl, synthetic_sepico_protocl
 
@@ -14,7 +16,7 @@ from uda_dist.recipes.synthetic import synthetic_sepico_bankcl, synthetic_sepico
 @pytest.mark.parametrize("recipe", [synthetic_sepico_protocl, synthetic_sepico_bankcl, synthetic_sepico_distcl])
 def test_sepico_recipe_trains_with_contrast_after_start(recipe, tiny_data_dir, tmp_path):
     cfg = apply_overrides(recipe(), tiny_overrides(tiny_data_dir, str(tmp_path)) +
-                          ["train.iterations=8", "train.log_every=1", "method.start_step=4", "method.tau=1",
+                          ["train.iterations=8", "train.log_every=1", "method.sepico.start_step=4", "method.sepico.tau=1",
                            "train.time_stats_reduce=true"])
     result = train_loop(cfg)
     for entry in result.losses:  # speed at log cadence: global samples/s and the statistics reduce's share
@@ -25,6 +27,12 @@ def test_sepico_recipe_trains_with_contrast_after_start(recipe, tiny_data_dir, t
     assert after["source.contrast"] > 0 and after["stats.classes_seen"] >= 2
     assert after["loss"] == pytest.approx(sum(after[k] for k in ("source.ce", "mix.ce", "source.contrast",
                                                                   "target.contrast")), rel=1e-5)
+
+
+def _sepico(start_step=3000, **changes):
+    """SePiCo's DistCL on self-training, the source pass on the strongly augmented source (as the paper)."""
+    return SelfTrainingConfig(strong_source=changes.pop("strong_source", True),
+                              sepico=SePiCoContrastConfig(weight=1.0, start_step=start_step), **changes)
 
 
 def _student(proj_dim=16):
@@ -41,40 +49,40 @@ def _batch(seed, B=2, H=32, W=32):
 
 def test_statistics_fed_from_step_zero_and_saved():
     student = _student()
-    method = SePiCoConfig(start_step=100).build(student, seed=0)
+    method = _sepico(start_step=100).build(student, seed=0)
     losses = method.losses(student, _batch(0), _batch(1), step=0)
     assert set(losses) == {"source.ce", "mix.ce"}
     counted = method.stats.count_K.clone()
     assert counted[:4].sum() > 0 and counted[4:].sum() == 0
-    assert (method.bank.size_K[:4] == 1).all()
+    bank = method.terms[0].bank
+    assert (bank.size_K[:4] == 1).all()
     state = method.state_dict()
-    fresh = SePiCoConfig(start_step=100).build(_student(), seed=0)
+    fresh = _sepico(start_step=100).build(_student(), seed=0)
     fresh.load_state_dict(state)
-    assert torch.equal(fresh.stats.count_K, counted) and torch.equal(fresh.bank.bank_KMD, method.bank.bank_KMD)
+    assert torch.equal(fresh.stats.count_K, counted) and torch.equal(fresh.terms[0].bank.bank_KMD, bank.bank_KMD)
 
 
 def test_injected_reducer_is_called_once_per_step():
     calls = []
     student = _student()
-    method = SePiCoConfig(start_step=0).build(student, seed=0, reducer=lambda flat: calls.append(1) or flat)
+    method = _sepico(start_step=0).build(student, seed=0, reducer=lambda flat: calls.append(1) or flat)
     losses = method.losses(student, _batch(0), _batch(1), step=0)
     assert len(calls) == 1 and {"source.contrast", "target.contrast"} <= set(losses)
 
 
 def test_pl_crop_rows_are_ignored_in_the_target_contrast():
-    method = SePiCoConfig(pl_crop_top=2, pl_crop_bottom=3).build(_student(), seed=0)
     label = torch.zeros(1, 10, 4, dtype=torch.long)
-    cropped = method._pl_crop(label)
+    cropped = label.masked_fill(pl_crop_rows(10, top=2, bottom=3).view(1, -1, 1), 255)
     assert (cropped[0, :2] == 255).all() and (cropped[0, -3:] == 255).all() and (cropped[0, 2:7] == 0).all()
 
 
 def test_needs_a_projection_head():
     with pytest.raises(ValueError, match="proj_dim"):
-        SePiCoConfig().build(_student(proj_dim=0), seed=0)
+        _sepico().build(_student(proj_dim=0), seed=0)
 
 
 def test_class_balanced_window_prefers_the_window_with_more_classes():
-    from uda_dist.methods.sepico import class_balanced_windows
+    from uda_dist.methods.self_training import class_balanced_windows
     label = torch.zeros(1, 8, 16, dtype=torch.long)  # left half: one class
     label[0, :, 8:] = torch.arange(8).repeat(8, 1)  # right half: eight classes in columns
     label[0, 0, :] = 255
@@ -90,7 +98,7 @@ def test_class_balanced_window_prefers_the_window_with_more_classes():
 
 def test_class_balanced_crop_cuts_a_larger_target_to_the_source_size():
     student = _student()
-    method = SePiCoConfig(start_step=0, class_balanced_crops=4).build(student, seed=0)
+    method = _sepico(start_step=0, class_balanced_crops=4).build(student, seed=0)
     target = _batch(1, H=48, W=64)
     losses = method.losses(student, _batch(0), target, step=0)
     assert {"source.contrast", "target.contrast", "mix.ce"} <= set(losses)
@@ -100,7 +108,7 @@ def test_class_balanced_crop_cuts_a_larger_target_to_the_source_size():
 @pytest.mark.parametrize("strong_source", [True, False])
 def test_source_pass_sees_the_weak_image_only_when_asked(strong_source):
     student = _student()
-    method = SePiCoConfig(start_step=0, strong_source=strong_source).build(student, seed=0)
+    method = _sepico(start_step=0, strong_source=strong_source).build(student, seed=0)
     seen = []
     forward = student.forward
     student.forward = lambda image, **kw: seen.append(image) or forward(image, **kw)  # after the teacher copy

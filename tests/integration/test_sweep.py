@@ -30,7 +30,7 @@ def test_a_two_trial_sweep_is_a_parent_run_with_nested_trials_stopped_early_and_
     Regression: --max-concurrent was ignored for random search, both trials ran at once and ASHA, with no
     earlier trial's rung to compare with, often let the second finish."""
     overrides = tiny_overrides(tiny_data_dir, str(tmp_path / "out")) + [
-        "train.iterations=30", "train.eval_every=10", "method.start_step=5", "tracking.enabled=true",
+        "train.iterations=30", "train.eval_every=10", "method.sepico.start_step=5", "tracking.enabled=true",
         f"tracking.uri={mlflow_server}", "tracking.experiment=sweeps"]
     sweep = ["tune.sweep", "--recipe", "synthetic_sepico_distcl", "--space", "temperature",
              "--param", "optim.lr=grid(0.002, 1e-9)", "--trials", "1", "--max-concurrent", "1", "--grace", "10",
@@ -42,8 +42,8 @@ def test_a_two_trial_sweep_is_a_parent_run_with_nested_trials_stopped_early_and_
     experiment = client.get_experiment_by_name("sweeps").experiment_id
     [parent] = client.search_runs([experiment], filter_string="tags.`uda_dist.run_name` = 'sw'")
     assert parent.info.status == "FINISHED"
-    assert parent.data.params["space.method.tau"] == "loguniform(25, 400)"
-    assert parent.data.tags["uda_dist.sweep"] == "method.tau=loguniform(25, 400) optim.lr=grid(0.002, 1e-9)"
+    assert parent.data.params["space.method.sepico.tau"] == "loguniform(25, 400)"
+    assert parent.data.tags["uda_dist.sweep"] == "method.sepico.tau=loguniform(25, 400) optim.lr=grid(0.002, 1e-9)"
     assert parent.data.params["sweep.search"] == "BasicVariantGenerator"  # a grid: random search
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} == {"trials.txt", "compare.png"}
     trials = client.search_runs([experiment], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
@@ -66,12 +66,12 @@ def test_a_two_trial_sweep_is_a_parent_run_with_nested_trials_stopped_early_and_
     words = shlex.split(line)
     assert words[:6] == ["python", "-m", "uda_dist.train", "--recipe", "synthetic_sepico_distcl", "--set"]
     best = apply_overrides(synthetic_sepico_distcl(), words[6:])
-    assert best.method.tau == float(good.data.params["method.tau"]) and best.optim.lr == 0.002
+    assert best.method.sepico.tau == float(good.data.params["method.sepico.tau"]) and best.optim.lr == 0.002
 
     table = run(["uda_dist.compare", "--experiment", "sweeps", "--sweep", "sw", "--uri", mlflow_server,
                  "--plot", str(tmp_path / "cmp.png")], tmp_path).splitlines()
     header = table[0].split()
-    assert header[:2] == ["run", "status"] and {"method.tau", "optim.lr", "val.miou"} <= set(header)
+    assert header[:2] == ["run", "status"] and {"method.sepico.tau", "optim.lr", "val.miou"} <= set(header)
     rows = [line.split() for line in table[2:4]]
     assert [row[0] for row in rows] == [good.data.tags["uda_dist.run_name"], stopped.data.tags["uda_dist.run_name"]]
     assert [row[1] for row in rows] == ["FINISHED", "KILLED"]

@@ -90,7 +90,7 @@ def test_demo_overrides_go_to_the_runs_that_have_the_key(capsys):
     from uda_dist import demo
     so, st, dist = demo._configs(["seed=4", "method.ema_alpha=0.9"])
     assert so.seed == st.seed == dist.seed == 4 and st.method.ema_alpha == dist.method.ema_alpha == 0.9
-    assert not hasattr(so.method, "ema_alpha") and dist.method.contrast == "dist"
+    assert not hasattr(so.method, "ema_alpha") and dist.method.sepico.contrast == "dist" and dist.method.sepico.weight == 1.0
     # on 2 Ray Train workers with the recipes' global batch
     assert {cfg.launch.workers for cfg in (so, st, dist)} == {2} and so.data.loader.batch_size == 2
     assert train.main(["--set", "method.ema_alfa=0.9"]) == 2

@@ -72,7 +72,7 @@ def test_every_key_of_every_recipe_refuses_bad_values_in_one_line(recipe, capsys
 
 
 def test_the_demo_refuses_bad_values_in_one_line(capsys):
-    for override in ("seed=x", "optim.lr=nan", "method.tau=inf", "launch.workers=-1", "nope.key=1",
+    for override in ("seed=x", "optim.lr=nan", "method.sepico.tau=inf", "launch.workers=-1", "nope.key=1",
                      "data.loader.crop_size=1,2,3", "engine.precision=fp8"):
         code = train.main(["--set", override, "--print-config"])
         assert_one_line_error(code, capsys.readouterr().err, override.partition("=")[0].split(".")[0])

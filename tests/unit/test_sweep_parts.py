@@ -33,29 +33,32 @@ def test_every_named_space_fits_the_sepico_recipe_and_becomes_tune_domains():
 
 
 def test_space_keys_are_checked_by_the_override_code():
-    with pytest.raises(ConfigError, match="'method.tau'.*unknown config key"):
-        resolve_space(synthetic_self_training(), "temperature", [])  # self-training has no temperature
-    with pytest.raises(ConfigError, match="method.taux"):
-        resolve_space(synthetic_sepico_distcl(), "", ["method.taux=uniform(1, 2)"])
+    with pytest.raises(ConfigError, match=r"'method.sepico.tau'.*the sepico term is off.*method.sepico.weight=0"):
+        resolve_space(synthetic_self_training(), "temperature", [])  # self-training's contrast term is off
+    assert resolve_space(synthetic_self_training(), "contrast", [])  # ... unless its weight is swept too
+    with pytest.raises(ConfigError, match="'method.taux'.*unknown config key"):
+        resolve_space(synthetic_self_training(), "", ["method.taux=uniform(1, 2)"])
+    with pytest.raises(ConfigError, match="method.sepico.taux"):
+        resolve_space(synthetic_sepico_distcl(), "", ["method.sepico.taux=uniform(1, 2)"])
     with pytest.raises(ConfigError, match="optim.lr"):  # the config rejects lr <= 0 at the lower bound
         resolve_space(synthetic_sepico_distcl(), "", ["optim.lr=uniform(0, 0.1)"])
-    with pytest.raises(ConfigError, match="unknown search space 'temp'; valid: contrast, pseudo"):
+    with pytest.raises(ConfigError, match="unknown search space 'temp'; valid: contrast, pgpc, pseudo"):
         resolve_space(synthetic_sepico_distcl(), "temp", [])
     with pytest.raises(ConfigError, match="nothing to sweep"):
         resolve_space(synthetic_sepico_distcl(), "", [])
-    space = resolve_space(synthetic_sepico_distcl(), "temperature", ["method.tau=choice(50, 100)",
+    space = resolve_space(synthetic_sepico_distcl(), "temperature", ["method.sepico.tau=choice(50, 100)",
                                                                      "optim.lr=grid(0.001, 0.002)"])
-    assert space == {"method.tau": "choice(50, 100)", "optim.lr": "grid(0.001, 0.002)"}
+    assert space == {"method.sepico.tau": "choice(50, 100)", "optim.lr": "grid(0.001, 0.002)"}
 
 
 def test_the_set_line_reproduces_the_trial_exactly():
     tau = 1 / 3 * 300
     line = set_line("synthetic_sepico_distcl", ["train.iterations=300", "output_dir=my runs"],
-                    {"method.tau": tau, "method.contrast": "bank"})
+                    {"method.sepico.tau": tau, "method.sepico.contrast": "bank"})
     words = shlex.split(line)
     assert words[:6] == ["python", "-m", "uda_dist.train", "--recipe", "synthetic_sepico_distcl", "--set"]
     cfg = apply_overrides(synthetic_sepico_distcl(), words[6:])
-    assert cfg.method.tau == tau and cfg.method.contrast == "bank"
+    assert cfg.method.sepico.tau == tau and cfg.method.sepico.contrast == "bank"
     assert cfg.output_dir == "my runs" and cfg.train.iterations == 300
 
 
@@ -73,16 +76,16 @@ def test_the_best_trial_is_the_best_finished_one():
 
 
 def test_comparison_shows_what_varies_sorted_by_the_metric(tmp_path):
-    runs = [_row("r1", "FINISHED", 0.30, **{"method.tau": "50", "seed": "0", "output_dir": "x/1"}),
-            _row("r2", "FINISHED", 0.35, **{"method.tau": "100", "seed": "0", "output_dir": "x/2"}),
-            _row("r3", "RUNNING", None, **{"method.tau": "200", "seed": "0", "output_dir": "x/3"})]
+    runs = [_row("r1", "FINISHED", 0.30, **{"method.sepico.tau": "50", "seed": "0", "output_dir": "x/1"}),
+            _row("r2", "FINISHED", 0.35, **{"method.sepico.tau": "100", "seed": "0", "output_dir": "x/2"}),
+            _row("r3", "RUNNING", None, **{"method.sepico.tau": "200", "seed": "0", "output_dir": "x/3"})]
     runs[0]["tags"]["uda_dist.early_stopped"] = "true"
-    assert varied_params(runs) == ["method.tau"]  # output folders differ but are not a choice
+    assert varied_params(runs) == ["method.sepico.tau"]  # output folders differ but are not a choice
     assert [r["name"] for r in sort_runs(runs, "val.miou")] == ["r2", "r1", "r3"]
     assert [r["name"] for r in sort_runs(runs, "val.miou", mode="min")] == ["r1", "r2", "r3"]
     table, plot = compare(runs, metric="val.miou", plot=str(tmp_path / "p.png"))
     lines = table.splitlines()
-    assert lines[0].split() == ["run", "status", "method.tau", "val.miou"]
+    assert lines[0].split() == ["run", "status", "method.sepico.tau", "val.miou"]
     assert [line.split() for line in lines[2:]] == [["r2", "FINISHED", "100", "0.3500"],
                                                     ["r1", "KILLED", "50", "0.3000"],
                                                     ["r3", "RUNNING", "200", "-"]]

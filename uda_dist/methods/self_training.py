@@ -48,6 +48,8 @@ from uda_dist.losses.contrast import downscale_labels
 from uda_dist.losses.segmentation import IGNORE_INDEX, cross_entropy
 from uda_dist.methods.base import Method, MethodConfig, Reducer
 from uda_dist.methods.distillation import Distillation, DistillationConfig
+from uda_dist.methods.pgpc import PGPCConfig, PGPCContrast
+from uda_dist.methods.sepico import SePiCoContrast, SePiCoContrastConfig
 from uda_dist.methods.labelers import CentroidAgreement, ConfidenceWeight, Selector, TeacherView, confidence_weight
 from uda_dist.methods.terms import MixedPass, StepContext, Term, pixels, pl_crop_rows
 from uda_dist.model.heads import resize_to
@@ -98,6 +100,13 @@ class SelfTrainingConfig(MethodConfig):
     """centroid_agreement: an image's class counts towards its centroid when it covers at least this many pixels
     of the feature grid (DiGA: 5)."""
     distillation: DistillationConfig = dataclasses.field(default_factory=DistillationConfig)
+    """DiGA's symmetric distillation term (uda_dist.methods.distillation); off unless its weight is > 0."""
+    sepico: SePiCoContrastConfig = dataclasses.field(default_factory=SePiCoContrastConfig)
+    """SePiCo's pixel contrast term (uda_dist.methods.sepico); off unless its weight is > 0. Needs
+    model.proj_dim > 0."""
+    pgpc: PGPCConfig = dataclasses.field(default_factory=PGPCConfig)
+    """PGPC's pseudo-label guided pixel contrast term (uda_dist.methods.pgpc); off unless its weight is > 0.
+    Needs model.proj_dim > 0."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -125,7 +134,14 @@ class SelfTrainingConfig(MethodConfig):
 
     def terms(self, student: nn.Module) -> tuple[Term, ...]:
         """The plug-in terms this config switches on, in the order the step runs them."""
-        return (Distillation(self.distillation),) if self.distillation.weight else ()
+        terms: list[Term] = []
+        if self.distillation.weight:
+            terms.append(Distillation(self.distillation))
+        if self.sepico.weight:
+            terms.append(SePiCoContrast(self.sepico, student))
+        if self.pgpc.weight:
+            terms.append(PGPCContrast(self.pgpc, student))
+        return tuple(terms)
 
 
 # ---------------------------------------------------------------- pure pieces (unit-tested)
@@ -192,10 +208,9 @@ class SelfTraining(Method):
     needs_target = True
     per_rank_state = ("generator",)  # seeded by rank: ClassMix classes, crops
 
-    def __init__(self, cfg: SelfTrainingConfig, student: nn.Module, *, seed: int = 0, reducer: Reducer | None = None,
-                 terms: tuple[Term, ...] = ()):
+    def __init__(self, cfg: SelfTrainingConfig, student: nn.Module, *, seed: int = 0, reducer: Reducer | None = None):
         self.cfg = cfg
-        self.terms = cfg.terms(student) + tuple(terms)
+        self.terms = cfg.terms(student)
         self.teacher = copy.deepcopy(student)
         self.teacher.requires_grad_(False)
         self.generator = torch.Generator().manual_seed(seed)

@@ -30,10 +30,7 @@ from torch import nn
 
 from uda_dist.data.augment import strong_photometric
 from uda_dist.losses.contrast import bank_contrast, contrast_regularizer, dist_contrast, proto_contrast
-from uda_dist.losses.segmentation import IGNORE_INDEX
-from uda_dist.methods.base import Reducer
-from uda_dist.methods.self_training import SelfTraining, SelfTrainingConfig, class_balanced_windows  # noqa: F401
-from uda_dist.methods.terms import StepContext, Term, pixels, pl_crop_rows
+from uda_dist.methods.terms import StepContext, Term, pixels
 from uda_dist.stats.memory_bank import ClassMemoryBank
 from uda_dist.stats.moments import Moments
 
@@ -112,54 +109,3 @@ class SePiCoContrast(Term):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.bank.load_state_dict(state["bank"])
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class SePiCoConfig(SelfTrainingConfig):
-    """Self-training plus semantic-guided pixel contrast of the student's projection features."""
-
-    contrast: Literal["proto", "bank", "dist"] = "dist"
-    """Which contrast: ProtoCL (class means), BankCL (memory bank of batch means), DistCL (class Gaussians)."""
-    contrast_weight: float = 1.0
-    """lambda: weight of every contrastive term (and of its regulariser)."""
-    tau: float = 100.0
-    """Contrast temperature (SePiCo: 100)."""
-    start_step: int = 3000
-    """First step with contrastive losses; the statistics are fed from step 0."""
-    reg_weight: float = 1.0
-    """Weight of the regulariser inside each contrastive call (multiplied by contrast_weight)."""
-    bank_size: int = 200
-    """BankCL: per-class memory bank length (last M per-batch class means)."""
-    strong_source: bool = True
-    """Student's source pass (CE and source contrast) on the strongly augmented source, as the SePiCo paper
-    trains it; False = the weak source image, as self-training's source CE."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.tau <= 0:
-            raise ValueError(f"tau must be > 0, got {self.tau}")
-        if self.contrast_weight < 0 or self.reg_weight < 0 or self.start_step < 0:
-            raise ValueError("contrast_weight, reg_weight and start_step must be >= 0")
-        if self.bank_size < 1:
-            raise ValueError(f"bank_size must be >= 1, got {self.bank_size}")
-
-    def build(self, student: nn.Module, *, seed: int, reducer: Reducer | None = None,
-              total_steps: int = 0) -> "SePiCo":
-        return SePiCo(self, student, seed=seed, reducer=reducer)
-
-    def contrast_term(self) -> SePiCoContrastConfig:
-        return SePiCoContrastConfig(weight=self.contrast_weight, contrast=self.contrast, tau=self.tau,
-                                    start_step=self.start_step, reg_weight=self.reg_weight, bank_size=self.bank_size)
-
-
-class SePiCo(SelfTraining):
-    def __init__(self, cfg: SePiCoConfig, student: nn.Module, *, seed: int = 0, reducer: Reducer | None = None):
-        contrast = SePiCoContrast(cfg.contrast_term(), student)
-        super().__init__(cfg, student, seed=seed, reducer=reducer, terms=(contrast,))
-        self.bank = contrast.bank
-
-    def _pl_crop(self, pl_BHW: torch.Tensor) -> torch.Tensor:
-        """Pseudo-labels for the target contrast: all pixels, except the PL-crop rows (ignored)."""
-        cropped_H = pl_crop_rows(pl_BHW.shape[1], top=self.cfg.pl_crop_top, bottom=self.cfg.pl_crop_bottom,
-                                 device=pl_BHW.device)
-        return pl_BHW.masked_fill(cropped_H.view(1, -1, 1), IGNORE_INDEX)

@@ -27,7 +27,8 @@ from uda_dist.methods.asanet import ASANetConfig
 from uda_dist.methods.base import MethodConfig
 from uda_dist.methods.fada import FADAConfig
 from uda_dist.methods.self_training import SelfTrainingConfig, diga_self_training, diga_warmup
-from uda_dist.methods.sepico import SePiCoConfig
+from uda_dist.methods.pgpc import PGPCConfig
+from uda_dist.methods.sepico import SePiCoContrastConfig
 from uda_dist.model.segmentor import ModelConfig
 from uda_dist.optim import OptimConfig
 from uda_dist.pipeline import PipelineConfig, StageConfig, sections_of
@@ -60,11 +61,19 @@ def synthetic_oracle() -> RunConfig:
                                data=dataclasses.replace(base.data, source="synthetic:target/train"))
 
 
-def _sepico(name: str, contrast: str) -> RunConfig:
+CONTRAST_START = 100
+"""First step of the contrast terms on the synthetic recipes (SePiCo: 3000 of 40k)."""
+
+
+def _with_terms(name: str, **terms) -> RunConfig:
+    """synthetic_self_training with a 64-dim projection head and the given plug-in terms."""
     base = synthetic_self_training()
     return dataclasses.replace(base, name=name, model=dataclasses.replace(base.model, proj_dim=64, proj_hidden=64),
-                               method=SePiCoConfig(ema_alpha=0.99, contrast=contrast, start_step=100,
-                                                   strong_source=False))
+                               method=dataclasses.replace(base.method, **terms))
+
+
+def _sepico(name: str, contrast: str) -> RunConfig:
+    return _with_terms(name, sepico=SePiCoContrastConfig(weight=1.0, contrast=contrast, start_step=CONTRAST_START))
 
 
 def synthetic_sepico_protocl() -> RunConfig:
@@ -80,6 +89,42 @@ def synthetic_sepico_bankcl() -> RunConfig:
 def synthetic_sepico_distcl() -> RunConfig:
     """SePiCo with DistCL: the closed-form bound of the expected InfoNCE over the class Gaussians."""
     return _sepico("synthetic_sepico_distcl", "dist")
+
+
+PGPC_WEIGHT = 0.1
+"""Weight of PGPC's terms on the synthetic recipes (tau 0.1; both the usual pixel-contrast values, chosen
+before any run: the paper gives neither)."""
+
+
+def synthetic_pgpc() -> RunConfig:
+    """PGPC on DAFormer-style self-training (uda_dist/losses/pgpc.py): source and ClassMix pixels contrasted
+    with the exact class prototypes, reliable target pixels pulled to their class, unreliable ones pushed from
+    the classes outside their teacher's top 3."""
+    return _with_terms("synthetic_pgpc", pgpc=PGPCConfig(weight=PGPC_WEIGHT, start_step=CONTRAST_START))
+
+
+def synthetic_pgpc_reliable() -> RunConfig:
+    """PGPC with its reliable pixels only (the unreliable terms off): the ablation of PGPC's unreliable part."""
+    return _with_terms("synthetic_pgpc_reliable", pgpc=PGPCConfig(weight=PGPC_WEIGHT, unreliable_weight=0.0,
+                                                                   start_step=CONTRAST_START))
+
+
+def synthetic_pgpc_sepico_distcl() -> RunConfig:
+    """A combination no paper ran: PGPC and SePiCo's DistCL in one self-training run, both reading the same
+    class statistics (one update and one reduce per step)."""
+    return _with_terms("synthetic_pgpc_sepico_distcl",
+                       pgpc=PGPCConfig(weight=PGPC_WEIGHT, start_step=CONTRAST_START),
+                       sepico=SePiCoContrastConfig(weight=1.0, contrast="dist", start_step=CONTRAST_START))
+
+
+def synthetic_diga_sepico() -> PipelineConfig:
+    """A combination no paper ran: DiGA's distillation warm-up (as synthetic_diga's first stage), then SePiCo
+    DistCL self-training (synthetic_sepico_distcl) from the warm-up's weights, its teacher starting as them."""
+    sepico = synthetic_sepico_distcl()
+    return PipelineConfig(name="synthetic_diga_sepico", stages=(
+        StageConfig(name="warmup", init="config",
+                    **{**sections_of(synthetic_source_only()), "method": diga_warmup(ema_alpha=0.99)}),
+        StageConfig(name="sepico", **sections_of(sepico))))
 
 
 def synthetic_fada() -> RunConfig:
