@@ -19,7 +19,7 @@ from uda_dist.launch import connect, launch, prepare_data
 from uda_dist.parts import Parts
 from uda_dist.methods.asanet import ASANetConfig
 from uda_dist.methods.base import MethodConfig, SourceOnly
-from uda_dist.recipes.synthetic import synthetic_fada, synthetic_sepico_distcl, synthetic_source_only
+from uda_dist.recipes.synthetic import synthetic_fada, synthetic_pgpc_sepico_distcl, synthetic_source_only
 from uda_dist.stats.class_stats import ClassStatistics
 
 CPU = torch.device("cpu")
@@ -35,8 +35,9 @@ def local_ray(s3_server):
 
 
 def _record_statistics_worker(config):
-    """Per worker: the library's parts (DeepSpeed engine, all-reduced statistics), a few SePiCo steps, and
-    what the statistics were fed locally, saved for the test to compare."""
+    """Per worker: the library's parts (DeepSpeed engine, all-reduced statistics), a few steps of a composed
+    method (PGPC and SePiCo DistCL on self-training, both reading the same statistics), and what the statistics
+    were fed locally, saved for the test to compare."""
     from uda_dist.parts import Parts
     from uda_dist.step import train_step
 
@@ -51,10 +52,11 @@ def _record_statistics_worker(config):
 
     parts.method.stats.update = recording_update
     for step in range(cfg.train.iterations):
-        train_step(parts.engine, parts.method, next(parts.source), next(parts.target), step)
+        losses, _ = train_step(parts.engine, parts.method, next(parts.source), next(parts.target), step)
     rank = ray.train.get_context().get_world_rank()
     torch.save({"stats": parts.method.stats.state_dict(), "teacher": parts.method.teacher.state_dict(),
-                "fed": fed, "engine": type(parts.engine).__name__},
+                "fed": fed, "engine": type(parts.engine).__name__, "losses": sorted(losses),
+                "terms": [type(term).__name__ for term in parts.method.terms]},
                os.path.join(config["out"], f"rank{rank}.pt"))
     # FADA and ASANet in the same worker group: the discriminator outside the engine, gradients accumulated
     # over 2 micro-batches, averaged over the ranks at each optimiser step
@@ -107,8 +109,9 @@ def test_statistics_identical_on_both_ranks_and_equal_to_one_process(local_ray, 
     steps, and DiGA's centroids (initial pass and online moves) identical on both ranks and equal to one
     process fed both ranks' inputs, with the same labels selected on both."""
     from tests.integration.test_stages import diga_self_training_stage
-    cfg = apply_overrides(synthetic_sepico_distcl(), tiny_overrides(tiny_data_dir, str(tmp_path)) + [
-        "train.iterations=4", "method.sepico.start_step=2", "model.proj_dim=8", "model.proj_hidden=8"])
+    cfg = apply_overrides(synthetic_pgpc_sepico_distcl(), tiny_overrides(tiny_data_dir, str(tmp_path)) + [
+        "train.iterations=4", "method.sepico.start_step=2", "method.pgpc.start_step=2", "model.proj_dim=8",
+        "model.proj_hidden=8"])
     fada = apply_overrides(synthetic_fada(), tiny_overrides(tiny_data_dir, str(tmp_path)) + [
         "train.iterations=3", "method.from_scratch=true", "method.disc_hidden=16", "engine.grad_accum=2",
         "data.loader.batch_size=2"])
@@ -121,7 +124,9 @@ def test_statistics_identical_on_both_ranks_and_equal_to_one_process(local_ray, 
                  run_config=ray.train.RunConfig(name="stats", storage_path=str(tmp_path / "ray"))).fit()
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert r0["engine"] == r1["engine"] == "DeepSpeedEngine"
-    assert len(r0["fed"]) == len(r1["fed"]) == 4
+    assert r0["terms"] == ["SePiCoContrast", "PGPCContrast"]
+    assert {"source.contrast", "target.contrast", "source.pgpc", "mix.pgpc"} <= set(r0["losses"])
+    assert len(r0["fed"]) == len(r1["fed"]) == 4  # two contrast terms, one statistics update (one reduce) a step
     assert not torch.equal(r0["fed"][0][0], r1["fed"][0][0])  # each rank its own data
     for name, value in r0["stats"].items():
         assert torch.equal(value, r1["stats"][name]), name  # bit-identical across ranks

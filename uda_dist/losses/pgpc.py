@@ -71,8 +71,9 @@ def pgpc_contrast(z_ND: torch.Tensor, label_N: torch.Tensor, reliable_N: torch.T
     prototypes; unreliable pixels pushed from the prototypes outside their candidate classes."""
     K = mean_KD.shape[0]
     seen_K = torch.ones(K, dtype=torch.bool, device=z_ND.device) if class_mask_K is None else class_mask_K
-    lowest = torch.finfo(torch.float32).min
-    sim_NK = (z_ND @ mean_KD.to(z_ND.dtype).T).float() / tau
+    sim_NK = z_ND @ mean_KD.to(z_ND.dtype).T  # in z's dtype; the log-sum-exps in at least float32
+    sim_NK = sim_NK.to(torch.promote_types(sim_NK.dtype, torch.float32)) / tau
+    lowest = torch.finfo(sim_NK.dtype).min
     log_all_N = torch.logsumexp(sim_NK.masked_fill(~seen_K, lowest), dim=1)
     labelled_N = (label_N != ignore_index) & (weight_N > 0)
     safe_N = torch.where(labelled_N, label_N, 0)
@@ -82,4 +83,4 @@ def pgpc_contrast(z_ND: torch.Tensor, label_N: torch.Tensor, reliable_N: torch.T
     unreliable_N = ~reliable_N & labelled_N & cand_NK.any(dim=1)
     loss_unrel_N = log_all_N - torch.logsumexp(sim_NK.masked_fill(~cand_NK, lowest), dim=1)
     loss_N = torch.where(anchor_N, loss_rel_N, 0.0) + unreliable_weight * torch.where(unreliable_N, loss_unrel_N, 0.0)
-    return (weight_N.float() * loss_N).sum() / labelled_N.sum().clamp_min(1).float()
+    return (weight_N.to(loss_N.dtype) * loss_N).sum() / labelled_N.sum().clamp_min(1).to(loss_N.dtype)

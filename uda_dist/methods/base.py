@@ -50,7 +50,18 @@ class MethodConfig:
         return SourceOnly(self)
 
 
-class Method:
+class NoState:
+    """state_dict() / load_state_dict() of a part that keeps nothing (methods, terms, selectors override them)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            raise ValueError(f"{type(self).__name__} has no state, but got keys {sorted(state)}")
+
+
+class Method(NoState):
     """Interface of every method: named weighted losses for one step, and state updated after it."""
 
     needs_target: bool = False
@@ -81,13 +92,6 @@ class Method:
     def log_values(self) -> dict[str, torch.Tensor]:
         """Device tensors worth logging from the last step (synced to the host only at log cadence)."""
         return {}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state:
-            raise ValueError(f"{type(self).__name__} has no state, but got keys {sorted(state)}")
 
 
 class SourceOnly(Method):

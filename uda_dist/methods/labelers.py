@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from uda_dist.losses.segmentation import IGNORE_INDEX
+from uda_dist.methods.base import NoState
 from uda_dist.stats.centroids import ClassCentroids, agreement_selection
 
 
@@ -45,7 +46,7 @@ def confidence_weight(logits_BKHW: torch.Tensor, *, threshold: float) -> torch.T
     return (max_prob_BHW >= threshold).float().mean()
 
 
-class Selector:
+class Selector(NoState):
     """The interface of a pseudo-label selector; its hooks do nothing unless the selector keeps statistics."""
 
     def select(self, label_BHW: torch.Tensor, view: TeacherView
@@ -62,13 +63,6 @@ class Selector:
 
     def after_step(self) -> None:
         """Once per optimiser step, on every rank."""
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state:
-            raise ValueError(f"{type(self).__name__} has no state, but got keys {sorted(state)}")
 
 
 class ConfidenceWeight(Selector):

@@ -25,7 +25,7 @@ from torch import nn
 
 from uda_dist.data.class_mix import mix
 from uda_dist.losses.pgpc import pgpc_contrast, to_grid, top_classes
-from uda_dist.methods.terms import MixedPass, StepContext, Term, pixels
+from uda_dist.methods.terms import ContrastTerm, MixedPass, StepContext, pixels
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -54,16 +54,11 @@ class PGPCConfig:
                              f"{self.candidates}")
 
 
-class PGPCContrast(Term):
+class PGPCContrast(ContrastTerm):
     """PGPC on the source pass and on the ClassMix pass."""
 
-    uses_statistics = True
-    needs_pseudo_labels = True
-
     def __init__(self, cfg: PGPCConfig, student: nn.Module):
-        if getattr(student, "proj_head", None) is None:
-            raise ValueError("PGPC needs a projection head: set model.proj_dim > 0")
-        self.cfg = cfg
+        super().__init__(cfg, student, method="PGPC")
 
     def source_projection(self, step: int) -> bool:
         return step >= self.cfg.start_step

@@ -10,8 +10,9 @@ Parts a recipe chooses (each a config field; no method subclasses another):
   confidence weight, or DiGA's agreement with the nearest target feature centroid;
 - plug-in loss terms (uda_dist.methods.terms), each off by default: DiGA's symmetric distillation
   (``distillation``, uda_dist.methods.distillation; with ``pseudo_weight=0`` there is no target term: DiGA's
-  source-only warm-up) and SePiCo's pixel contrast (uda_dist.methods.sepico). Terms that read class
-  statistics share ONE ClassStatistics, fed once per step (one packed all-reduce).
+  source-only warm-up), SePiCo's pixel contrast (``sepico``, uda_dist.methods.sepico) and PGPC's pseudo-label
+  guided pixel contrast (``pgpc``, uda_dist.methods.pgpc). Terms that read class statistics share ONE
+  ClassStatistics, fed once per step (one packed all-reduce), however many of them are on.
 
 One step, top to bottom (``losses``):
 1. SePiCo's class-balanced target crop, when on;

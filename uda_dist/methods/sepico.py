@@ -30,7 +30,7 @@ from torch import nn
 
 from uda_dist.data.augment import strong_photometric
 from uda_dist.losses.contrast import bank_contrast, contrast_regularizer, dist_contrast, proto_contrast
-from uda_dist.methods.terms import StepContext, Term, pixels
+from uda_dist.methods.terms import ContrastTerm, StepContext, pixels
 from uda_dist.stats.memory_bank import ClassMemoryBank
 from uda_dist.stats.moments import Moments
 
@@ -61,16 +61,11 @@ class SePiCoContrastConfig:
             raise ValueError(f"bank_size must be >= 1, got {self.bank_size}")
 
 
-class SePiCoContrast(Term):
+class SePiCoContrast(ContrastTerm):
     """Source (ground truth) and target (pseudo-label) pixel contrast against the class statistics."""
 
-    uses_statistics = True
-    needs_pseudo_labels = True
-
     def __init__(self, cfg: SePiCoContrastConfig, student: nn.Module):
-        if getattr(student, "proj_head", None) is None:
-            raise ValueError("SePiCo needs a projection head: set model.proj_dim > 0 (SePiCo: 512)")
-        self.cfg = cfg
+        super().__init__(cfg, student, method="SePiCo")
         self.bank = ClassMemoryBank(student.cfg.num_classes, student.cfg.proj_dim, size=cfg.bank_size).to(
             next(student.parameters()).device)
 

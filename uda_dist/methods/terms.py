@@ -27,6 +27,7 @@ from torch import nn
 from uda_dist.data.augment import StrongAugConfig
 from uda_dist.losses.contrast import downscale_labels
 from uda_dist.losses.segmentation import IGNORE_INDEX
+from uda_dist.methods.base import NoState
 from uda_dist.methods.labelers import Selector, TeacherView
 from uda_dist.stats.class_stats import ClassStatistics
 from uda_dist.stats.moments import Moments
@@ -89,7 +90,7 @@ class MixedPass:
     logits_BKHW: torch.Tensor
 
 
-class Term:
+class Term(NoState):
     """The interface of a plug-in loss term; every hook does nothing by default."""
 
     uses_statistics: bool = False
@@ -116,12 +117,18 @@ class Term:
         """Named, weighted losses after the student's ClassMix pass."""
         return {}
 
-    def state_dict(self) -> dict[str, Any]:
-        return {}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state:
-            raise ValueError(f"{type(self).__name__} has no state, but got keys {sorted(state)}")
+class ContrastTerm(Term):
+    """A term that contrasts the student's projection features, anchored by the target's pseudo-labels among
+    others, against the source class statistics: it needs the projection head."""
+
+    uses_statistics = True
+    needs_pseudo_labels = True
+
+    def __init__(self, cfg: Any, student: nn.Module, *, method: str):
+        if getattr(student, "proj_head", None) is None:
+            raise ValueError(f"{method} needs a projection head: set model.proj_dim > 0 (the real recipes: 512)")
+        self.cfg = cfg
 
 
 def pl_crop_rows(height: int, *, top: int, bottom: int, device: torch.device | None = None) -> torch.Tensor:

@@ -1,0 +1,116 @@
+"""Methods as self-training plus plug-in terms: several terms in one step share its passes and its statistics."""
+import pytest
+import torch
+
+from tests.helpers import tiny_overrides
+from uda_dist.config import apply_overrides
+from uda_dist.loop import train_loop
+from uda_dist.methods.distillation import DistillationConfig
+from uda_dist.methods.pgpc import PGPCConfig
+from uda_dist.methods.self_training import SelfTrainingConfig
+from uda_dist.methods.sepico import SePiCoContrastConfig
+from uda_dist.model.segmentor import ModelConfig, build_segmentor
+from uda_dist.recipes.synthetic import synthetic_pgpc_reliable
+
+
+def _student():
+    torch.manual_seed(0)
+    return build_segmentor(ModelConfig(backbone="resnet10t", embed_dim=16, proj_dim=16))
+
+
+def _batch(seed, B=2, H=32, W=32):
+    g = torch.Generator().manual_seed(seed)
+    label = torch.randint(0, 4, (B, 1, H // 8, W // 8), generator=g).repeat_interleave(8, 2).repeat_interleave(8, 3)
+    return {"image": torch.rand(B, 3, H, W, generator=g), "label": label[:, 0]}
+
+
+def _composed(pgpc=True, **changes):
+    return SelfTrainingConfig(sepico=SePiCoContrastConfig(weight=1.0, start_step=0),
+                              pgpc=PGPCConfig(weight=0.1 if pgpc else 0.0, start_step=0, threshold=0.0), **changes)
+
+
+def _forwards(student):
+    """Count the student's forward passes (after the teacher's copy was made)."""
+    calls = []
+    forward = student.forward
+    student.forward = lambda image, **kw: calls.append(kw.get("with_proj", False)) or forward(image, **kw)
+    return calls
+
+
+def test_two_contrast_terms_and_distillation_reduce_the_statistics_once_per_step():
+    student = _student()
+    reduces = []
+    method = _composed(distillation=DistillationConfig(weight=0.25)).build(
+        student, seed=0, reducer=lambda flat: reduces.append(flat.numel()) or flat)
+    for step in range(3):
+        losses = method.losses(student, _batch(step), _batch(10 + step), step=step)
+        method.after_step(student, step)
+        assert len(reduces) == step + 1  # one reduce a step, whichever terms read the statistics
+    assert set(losses) == {"source.ce", "source.distillation", "source.contrast", "target.contrast",
+                           "source.pgpc", "mix.pgpc", "mix.ce"}
+    assert all(torch.isfinite(v) and v > 0 for v in losses.values())
+    state = method.state_dict()
+    assert {"stats", "bank", "teacher", "generator", "selector"} <= set(state)
+    fresh = _composed(distillation=DistillationConfig(weight=0.25)).build(_student(), seed=0)
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.stats.sum_KD, method.stats.sum_KD)
+    assert torch.equal(fresh.terms[1].bank.bank_KMD, method.terms[1].bank.bank_KMD)
+
+
+def test_pgpc_reads_the_step_s_passes_and_adds_none():
+    counts = {}
+    for pgpc in (False, True):
+        student = _student()
+        method = _composed(pgpc=pgpc).build(student, seed=0)
+        calls = _forwards(student)
+        method.losses(student, _batch(0), _batch(1), step=0)
+        counts[pgpc] = calls
+    # the source pass and the ClassMix pass (SePiCo's target projection goes through project(), not forward)
+    assert len(counts[True]) == len(counts[False]) == 2
+    assert counts[True] == [True, True] and counts[False] == [True, False]  # PGPC asks the mixed pass for z
+
+
+def test_pgpc_with_every_target_pixel_unreliable_still_learns_from_them():
+    student = _student()
+    losses = {}
+    for unreliable_weight in (0.0, 1.0):
+        method = SelfTrainingConfig(pseudo_threshold=0.0, pgpc=PGPCConfig(weight=1.0, start_step=0, threshold=1.0,
+                                                                           unreliable_weight=unreliable_weight)
+                                    ).build(student, seed=0)  # q = 1: every target pixel weighs 1
+        method.losses(student, _batch(0), _batch(1), step=0)  # statistics of step 0
+        losses[unreliable_weight] = method.losses(student, _batch(2), _batch(3), step=1)["mix.pgpc"]
+    assert losses[1.0] > losses[0.0] > 0  # pasted source pixels in both; the unreliable target only in one
+
+
+def test_a_pgpc_recipe_trains_and_logs_its_terms(tiny_data_dir, tmp_path):
+    cfg = apply_overrides(synthetic_pgpc_reliable(), tiny_overrides(tiny_data_dir, str(tmp_path)) + [
+        "train.iterations=4", "train.log_every=1", "method.pgpc.start_step=2", "model.proj_dim=8",
+        "model.proj_hidden=8"])
+    result = train_loop(cfg)
+    assert "source.pgpc" not in result.losses[1] and "mix.pgpc" in result.losses[2]
+    assert result.losses[-1]["loss"] == pytest.approx(sum(result.losses[-1][k] for k in (
+        "source.ce", "mix.ce", "source.pgpc", "mix.pgpc")), rel=1e-5)
+
+
+def test_a_term_needs_the_projection_head():
+    with pytest.raises(ValueError, match="PGPC needs a projection head"):
+        SelfTrainingConfig(pgpc=PGPCConfig(weight=1.0)).build(
+            build_segmentor(ModelConfig(backbone="resnet10t", embed_dim=16)), seed=0)
+
+
+def test_diga_warmup_then_sepico_runs_as_a_staged_run(tiny_data_dir, tmp_path):
+    """The combination's second stage starts from the warm-up's weights, which have no projection head (its
+    head starts fresh), and trains with the contrast on."""
+    from tests.helpers import for_every_stage
+    from uda_dist.pipeline import run_pipeline
+    from uda_dist.recipes.synthetic import synthetic_diga_sepico
+
+    cfg = synthetic_diga_sepico()
+    cfg = apply_overrides(cfg, for_every_stage(cfg, tiny_overrides(tiny_data_dir, str(tmp_path)) + [
+        "train.iterations=3"]) + ["stages.sepico.method.sepico.start_step=1", "stages.sepico.model.proj_dim=8",
+                                  "stages.sepico.model.proj_hidden=8"])
+    summary = run_pipeline(cfg)
+    assert [row["stage"] for row in summary["stages"]] == ["warmup", "sepico"]
+    assert all(0.0 <= row["miou"] <= 1.0 for row in summary["stages"])
+    weights = torch.load(summary["stages"][1]["final_weights"], weights_only=True)
+    assert any(key.startswith("proj_head.") for key in weights)
