@@ -88,6 +88,7 @@ def test_a_pgpc_recipe_trains_and_logs_its_terms(tiny_data_dir, tmp_path):
         "model.proj_hidden=8"])
     result = train_loop(cfg)
     assert "source.pgpc" not in result.losses[1] and "mix.pgpc" in result.losses[2]
+    assert 0.0 <= result.losses[2]["pgpc.reliable_ratio"] <= 1.0  # the target's share of reliable pixels
     assert result.losses[-1]["loss"] == pytest.approx(sum(result.losses[-1][k] for k in (
         "source.ce", "mix.ce", "source.pgpc", "mix.pgpc")), rel=1e-5)
 

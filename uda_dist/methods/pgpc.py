@@ -11,7 +11,8 @@ What the term adds to the self-training step (uda_dist.methods.self_training run
   from the prototypes outside their teacher's top ``candidates`` classes), each weighted by the mixed image's
   pixel weight (1 on the source, q on the target, 0 on the PL-crop rows).
 Both are weighted by ``weight``. The prototypes are the statistics SePiCo reads: with both terms on, one
-statistics update, one reduce.
+statistics update, one reduce. Logged: ``pgpc.reliable_ratio``, the share of the target's pixels that are
+reliable.
 
 Legend: B batch, K classes, D projection dim, H, W image, h, w feature grid.
 """
@@ -59,6 +60,7 @@ class PGPCContrast(ContrastTerm):
 
     def __init__(self, cfg: PGPCConfig, student: nn.Module):
         super().__init__(cfg, student, method="PGPC")
+        self._log: dict[str, torch.Tensor] = {}
 
     def source_projection(self, step: int) -> bool:
         return step >= self.cfg.start_step
@@ -82,12 +84,16 @@ class PGPCContrast(ContrastTerm):
             return {}
         teacher_BKHW = ctx.pseudo_view.logits_BKHW
         confident_BHW = torch.softmax(teacher_BKHW.float(), dim=1).amax(dim=1) >= self.cfg.threshold
+        self._log = {"pgpc.reliable_ratio": confident_BHW.float().mean()}
         reliable_BHW = mix(mixed.mask_BHW, torch.ones_like(confident_BHW), confident_BHW)
         pasted_BKHW = F.one_hot(torch.where(mixed.mask_BHW, mixed.label_BHW, 0), teacher_BKHW.shape[1]).permute(
             0, 3, 1, 2).bool()  # a pasted pixel's one candidate is its ground truth
         candidates_BKHW = mix(mixed.mask_BHW, pasted_BKHW, top_classes(teacher_BKHW, self.cfg.candidates))
         return {"mix.pgpc": self._contrast(ctx, mixed.out.proj_BDhw, mixed.label_BHW, reliable_BHW,
                                            mixed.weight_BHW, candidates_BKHW)}
+
+    def log_values(self) -> dict[str, torch.Tensor]:
+        return self._log
 
     def _contrast(self, ctx: StepContext, proj_BDhw: torch.Tensor, label_BHW: torch.Tensor,
                   reliable_BHW: torch.Tensor, weight_BHW: torch.Tensor, candidates_BKHW: torch.Tensor) -> torch.Tensor:

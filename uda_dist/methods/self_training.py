@@ -333,7 +333,10 @@ class SelfTraining(Method):
         ema_update(self.teacher, student, ema_alpha(step + 1, self.cfg.ema_alpha))
 
     def log_values(self):
-        return self._log
+        values = dict(self._log)
+        for term in self.terms:
+            values.update(term.log_values())
+        return values
 
     def state_dict(self) -> dict[str, Any]:
         state = {"teacher": self.teacher.state_dict(), "generator": self.generator.get_state(),

@@ -117,6 +117,10 @@ class Term(NoState):
         """Named, weighted losses after the student's ClassMix pass."""
         return {}
 
+    def log_values(self) -> dict[str, torch.Tensor]:
+        """Device tensors worth logging from the last step (synced to the host only at log cadence)."""
+        return {}
+
 
 class ContrastTerm(Term):
     """A term that contrasts the student's projection features, anchored by the target's pseudo-labels among
