@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from uda_dist.methods.self_training import class_mix_masks, ema_alpha, ema_update, mix, pseudo_labels
+from uda_dist.data.class_mix import class_mix_masks, mix
+from uda_dist.methods.self_training import ema_alpha, ema_update, pseudo_labels
 from uda_dist.optim import OptimConfig, lr_factor
 
 

@@ -49,16 +49,13 @@ from uda_dist.losses.contrast import downscale_labels
 from uda_dist.losses.segmentation import IGNORE_INDEX, cross_entropy
 from uda_dist.methods.base import Method, MethodConfig, Reducer
 from uda_dist.methods.distillation import Distillation, DistillationConfig
+from uda_dist.methods.labelers import CentroidAgreement, ConfidenceWeight, Selector, TeacherView, confidence_weight
 from uda_dist.methods.pgpc import PGPCConfig, PGPCContrast
 from uda_dist.methods.sepico import SePiCoContrast, SePiCoContrastConfig
-from uda_dist.methods.labelers import CentroidAgreement, ConfidenceWeight, Selector, TeacherView, confidence_weight
 from uda_dist.methods.terms import MixedPass, StepContext, Term, pixels, pl_crop_rows
 from uda_dist.model.heads import resize_to
 from uda_dist.stats.centroids import ClassCentroids
 from uda_dist.stats.class_stats import ClassStatistics
-
-__all__ = ["DistillationConfig", "SelfTraining", "SelfTrainingConfig", "class_mix_masks", "diga_self_training",
-           "diga_warmup", "ema_alpha", "ema_update", "mix", "pl_crop_rows", "pseudo_labels"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -86,7 +83,6 @@ class SelfTrainingConfig(MethodConfig):
     label_min_share: float = 0.75
     """Labels on the feature grid (statistics and contrasts): keep the majority class where its share of the
     pooled pixels is >= this (SePiCo: 0.75)."""
-
     pseudo_source: Literal["teacher", "offline"] = "teacher"
     """A target pixel's pseudo-label: "teacher" = the EMA teacher's arg-max on the un-augmented target image at
     each step (DAFormer); "offline" = the label stored with the target sample, an earlier stage's pseudo-labels
