@@ -7,14 +7,15 @@ to 34.3 at 500 steps, seed 0, previous head) and the warm-up short. The DAFormer
 (0.28 s -> 0.15 s per batch of 4, measured), which buys the 700 steps self-training needs to pull clear of
 source-only inside the demo's 10 minutes (README has the probes). The runs are 700 steps, not 40k, so the
 teacher's EMA bound is 0.99 (a window of ~100 steps) instead of 0.999 (~1000 steps, longer than the run).
-Everything else follows DAFormer (uda_dist/methods/self_training.py). The SePiCo recipes add a 64-dim projection head (hidden width
-64, not the reference's concat // 4 = 240: that conv alone cost more than the encoder's last three stages at
-this size) and start the contrast at step 100 (SePiCo: 3000 of 40k); tau, lambda and the regulariser keep
-the paper's values (100, 1, 1). They train the source cross-entropy and the source contrast on the weak
-source image, as self-training does (``method.strong_source=false``), not on the strongly augmented one that
-SePiCo describes: on this benchmark's flat, rendered-looking source the strong photometric augmentation
-cost DistCL 1.7 points (3 seeds: 31.4 +- 0.9 with it, 33.1 +- 0.5 without; self-training 32.3 +- 0.2;
-README has the table), and the student's one source pass then serves both the cross-entropy and the contrast.
+Everything else follows DAFormer (uda_dist/methods/self_training.py). The SePiCo and PGPC recipes add a 64-dim
+projection head (hidden width 64, not the reference's concat // 4 = 240: that conv alone cost more than the
+encoder's last three stages at this size) and start the contrast at step 100 (SePiCo: 3000 of 40k); SePiCo's
+tau, lambda and the regulariser keep the paper's values (100, 1, 1). They train the source cross-entropy and the
+source contrast on the weak source image, as self-training does (``method.strong_source=false``), not on the
+strongly augmented one that SePiCo describes: on this benchmark's flat, rendered-looking source the strong
+photometric augmentation cost DistCL 1.7 points (3 seeds: 31.4 +- 0.9 with it, 33.1 +- 0.5 without;
+self-training 32.3 +- 0.2; README has the table), and the student's one source pass then serves both the
+cross-entropy and the contrast.
 """
 from __future__ import annotations
 
