@@ -13,7 +13,7 @@ import ast
 import re
 from typing import Any
 
-from uda_dist.config import ConfigError, apply_overrides
+from uda_dist.config import ConfigError, apply_overrides, to_flat_dict
 
 SPACES: dict[str, dict[str, str]] = {
     "temperature": {"method.sepico.tau": "loguniform(25, 400)"},
@@ -76,16 +76,10 @@ def resolve_space(cfg: Any, name: str, params: list[str]) -> dict[str, str]:
 def _check_term_on(cfg: Any, key: str, space: dict[str, str]) -> None:
     """A key of a plug-in term (a config section with a ``weight``, 0 = off) is swept only where the term is on
     or its weight is swept too: otherwise every trial would train the same run."""
-    *path, leaf = key.split(".")
-    section = cfg
-    for part in path:
-        if isinstance(section, tuple):  # stages.<name>
-            section = next((s for s in section if getattr(s, "name", None) == part), None)
-        else:
-            section = getattr(section, part, None)
-    weight_key = ".".join([*path, "weight"])
-    if leaf != "weight" and getattr(section, "weight", None) == 0 and weight_key not in space:
-        raise ConfigError(f"search space key {key!r}: the {path[-1]} term is off in this recipe "
+    section, _, leaf = key.rpartition(".")
+    weight_key = f"{section}.weight"
+    if leaf != "weight" and to_flat_dict(cfg).get(weight_key) == 0 and weight_key not in space:
+        raise ConfigError(f"search space key {key!r}: the {section.rpartition('.')[2]} term is off in this recipe "
                           f"({weight_key}=0), so every trial would train the same run; sweep or set {weight_key}")
 
 

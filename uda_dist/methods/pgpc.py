@@ -62,14 +62,11 @@ class PGPCContrast(ContrastTerm):
         super().__init__(cfg, student, method="PGPC")
         self._log: dict[str, torch.Tensor] = {}
 
-    def source_projection(self, step: int) -> bool:
-        return step >= self.cfg.start_step
-
     def mix_projection(self, step: int) -> bool:
-        return step >= self.cfg.start_step
+        return self.on(step)
 
     def losses(self, ctx: StepContext) -> dict[str, torch.Tensor]:
-        if ctx.step < self.cfg.start_step:
+        if not self.on(ctx.step):
             return {}
         label_BHW = ctx.source["label"]
         K = ctx.student.cfg.num_classes
@@ -80,7 +77,7 @@ class PGPCContrast(ContrastTerm):
                                               every_BHW.float(), none_BKHW)}
 
     def mix_losses(self, ctx: StepContext, mixed: MixedPass) -> dict[str, torch.Tensor]:
-        if ctx.step < self.cfg.start_step:
+        if not self.on(ctx.step):
             return {}
         teacher_BKHW = ctx.pseudo_view.logits_BKHW
         confident_BHW = torch.softmax(teacher_BKHW.float(), dim=1).amax(dim=1) >= self.cfg.threshold

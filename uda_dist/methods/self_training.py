@@ -45,14 +45,13 @@ from torch import nn
 
 from uda_dist.data.augment import StrongAugConfig, strong_photometric
 from uda_dist.data.class_mix import class_mix_masks, mix
-from uda_dist.losses.contrast import downscale_labels
 from uda_dist.losses.segmentation import IGNORE_INDEX, cross_entropy
 from uda_dist.methods.base import Method, MethodConfig, Reducer
 from uda_dist.methods.distillation import Distillation, DistillationConfig
 from uda_dist.methods.labelers import CentroidAgreement, ConfidenceWeight, Selector, TeacherView, confidence_weight
 from uda_dist.methods.pgpc import PGPCConfig, PGPCContrast
 from uda_dist.methods.sepico import SePiCoContrast, SePiCoContrastConfig
-from uda_dist.methods.terms import MixedPass, StepContext, Term, pixels, pl_crop_rows
+from uda_dist.methods.terms import MixedPass, StepContext, Term, grid_labels, pixels, pl_crop_rows
 from uda_dist.model.heads import resize_to
 from uda_dist.stats.centroids import ClassCentroids
 from uda_dist.stats.class_stats import ClassStatistics
@@ -257,8 +256,8 @@ class SelfTraining(Method):
         """The teacher's projection of the un-augmented source + its ground truth -> the class statistics (one
         reduce), then to every term that keeps something of the step's reduced moments (SePiCo's memory bank)."""
         feat_BDhw = self._teacher_mode().project(source["image"])
-        label_Bhw = downscale_labels(source["label"], size=tuple(feat_BDhw.shape[-2:]),
-                                     num_classes=self.stats.num_classes, min_share=self.cfg.label_min_share)
+        label_Bhw = grid_labels(source["label"], feat_BDhw, num_classes=self.stats.num_classes,
+                                min_share=self.cfg.label_min_share)
         batch = self.stats.update(pixels(feat_BDhw), label_Bhw.reshape(-1))
         for term in self.terms:
             term.on_statistics(batch)
@@ -302,9 +301,9 @@ class SelfTraining(Method):
         out_src = student(source_B3HW, with_proj=any(term.source_projection(step) for term in terms))
         logits_src_BKHW = resize_to(out_src.logits_BKhw, source["label"].shape[-2:])
         losses = {"source.ce": cfg.source_weight * cross_entropy(logits_src_BKHW, source["label"])}
-        ctx = StepContext(step=step, student=student, source=source, source_image=source_B3HW, source_out=out_src,
+        ctx = StepContext(step=step, student=student, source=source, source_out=out_src,
                           logits_src_BKHW=logits_src_BKHW, target=target, pseudo_label_BHW=pl_BHW,
-                          pseudo_weight_BHW=pl_weight_BHW, pseudo_view=view, generator=self.generator,
+                          pseudo_view=view, generator=self.generator,
                           teacher_view=self.teacher_view, selector=self.selector, stats=self.stats,
                           strong_aug=cfg.strong_aug, label_min_share=cfg.label_min_share,
                           pl_crop=(cfg.pl_crop_top, cfg.pl_crop_bottom))

@@ -69,14 +69,11 @@ class SePiCoContrast(ContrastTerm):
         self.bank = ClassMemoryBank(student.cfg.num_classes, student.cfg.proj_dim, size=cfg.bank_size).to(
             next(student.parameters()).device)
 
-    def source_projection(self, step: int) -> bool:
-        return step >= self.cfg.start_step
-
     def on_statistics(self, batch: Moments) -> None:
         self.bank.push_moments(batch)
 
     def losses(self, ctx: StepContext) -> dict[str, torch.Tensor]:
-        if ctx.step < self.cfg.start_step:
+        if not self.on(ctx.step):
             return {}
         target_B3HW = strong_photometric(ctx.target["image"], generator=ctx.generator, cfg=ctx.strong_aug)
         return {"source.contrast": self.contrast_loss(ctx, ctx.source_out.proj_BDhw, ctx.source["label"]),

@@ -40,17 +40,15 @@ class StepContext:
     step: int
     student: nn.Module
     source: dict[str, Any]
-    """The source batch ("image" is the un-augmented image; the student saw ``source_image``)."""
-    source_image: torch.Tensor
-    """The image of the student's source pass (strongly augmented with ``method.strong_source``)."""
+    """The source batch ("image" is the un-augmented image)."""
     source_out: Any
-    """The student's SegOutput on ``source_image`` (proj_BDhw set when a term asked for it)."""
+    """The student's SegOutput on the source image of its pass (strongly augmented with
+    ``method.strong_source``; proj_BDhw set when a term asked for it)."""
     logits_src_BKHW: torch.Tensor
     target: dict[str, Any]
     pseudo_label_BHW: torch.Tensor | None
-    """The selected pseudo-labels of the target (None when the step makes none)."""
-    pseudo_weight_BHW: torch.Tensor | None
-    """Their per-pixel weights (0 on the PL-crop rows)."""
+    """The selected pseudo-labels of the target (None when the step makes none; their weights are the ClassMix
+    pass's outside the pasted source)."""
     pseudo_view: TeacherView | None
     """The teacher's view of the target the pseudo-labels come from."""
     generator: torch.Generator
@@ -72,8 +70,8 @@ class StepContext:
 
     def grid_labels(self, label_BHW: torch.Tensor, feat_BDhw: torch.Tensor) -> torch.Tensor:
         """Labels on the feature grid (the majority class where its share >= label_min_share, else ignore)."""
-        return downscale_labels(label_BHW, size=tuple(feat_BDhw.shape[-2:]),
-                                num_classes=self.student.cfg.num_classes, min_share=self.label_min_share)
+        return grid_labels(label_BHW, feat_BDhw, num_classes=self.student.cfg.num_classes,
+                           min_share=self.label_min_share)
 
 
 @dataclasses.dataclass
@@ -133,6 +131,20 @@ class ContrastTerm(Term):
         if getattr(student, "proj_head", None) is None:
             raise ValueError(f"{method} needs a projection head: set model.proj_dim > 0 (the real recipes: 512)")
         self.cfg = cfg
+
+    def on(self, step: int) -> bool:
+        """From ``cfg.start_step`` on (the statistics are fed from step 0 whatever the start)."""
+        return step >= self.cfg.start_step
+
+    def source_projection(self, step: int) -> bool:
+        return self.on(step)
+
+
+def grid_labels(label_BHW: torch.Tensor, feat_BDhw: torch.Tensor, *, num_classes: int, min_share: float
+                ) -> torch.Tensor:
+    """Labels on ``feat_BDhw``'s grid [B, h, w]: the majority class where its share >= min_share, else ignore."""
+    return downscale_labels(label_BHW, size=tuple(feat_BDhw.shape[-2:]), num_classes=num_classes,
+                            min_share=min_share)
 
 
 def pl_crop_rows(height: int, *, top: int, bottom: int, device: torch.device | None = None) -> torch.Tensor:
