@@ -58,6 +58,8 @@ class DistillationConfig:
 class Distillation(Term):
     """weight * [H(T(x), S(x_aug)) + 0.5 H(T(x_aug), S(x))] on the source image and its cross-domain mixture."""
 
+    uses_teacher = True
+
     def __init__(self, cfg: DistillationConfig):
         self.cfg = cfg
 

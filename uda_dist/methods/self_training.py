@@ -21,9 +21,12 @@ One step, top to bottom (``losses``):
    and the ground truth (when a term reads them): one reduce;
 4. the student's source pass (on the strongly augmented source with ``strong_source``; with projection
    features when a term asks) and its cross-entropy;
-5. the terms' losses on that pass (distillation, contrast);
+5. the terms' losses on that pass (distillation, contrast; a term reading the student's pass over the target
+   makes it here, once, shared by the others);
 6. the ClassMix image, the student's pass over it and its weighted cross-entropy;
 7. the terms' losses on the mixed pass.
+The EMA teacher exists only when something reads it (``SelfTraining.reads_teacher``); a term's auxiliary modules
+(a discriminator) are the method's, run by the trainer's auxiliary phase (uda_dist.step).
 Differences on purpose:
 - no host syncs in the step: the pseudo-label quality weight q stays a device tensor (DAFormer calls .item()),
   and ClassMix picks classes from a presence vector instead of torch.unique (uda_dist.data.class_mix);
@@ -126,10 +129,11 @@ class SelfTrainingConfig(MethodConfig):
 
     def build(self, student: nn.Module, *, seed: int, reducer: Reducer | None = None,
               total_steps: int = 0) -> "SelfTraining":
-        return SelfTraining(self, student, seed=seed, reducer=reducer)
+        return SelfTraining(self, student, seed=seed, reducer=reducer, total_steps=total_steps)
 
-    def terms(self, student: nn.Module) -> tuple[Term, ...]:
-        """The plug-in terms this config switches on, in the order the step runs them."""
+    def terms(self, student: nn.Module, *, total_steps: int = 0) -> tuple[Term, ...]:
+        """The plug-in terms this config switches on, in the order the step runs them (``total_steps``: the
+        run's optimiser steps, for terms whose weight follows the schedule)."""
         terms: list[Term] = []
         if self.distillation.weight:
             terms.append(Distillation(self.distillation))
@@ -204,11 +208,10 @@ class SelfTraining(Method):
     needs_target = True
     per_rank_state = ("generator",)  # seeded by rank: ClassMix classes, crops
 
-    def __init__(self, cfg: SelfTrainingConfig, student: nn.Module, *, seed: int = 0, reducer: Reducer | None = None):
+    def __init__(self, cfg: SelfTrainingConfig, student: nn.Module, *, seed: int = 0, reducer: Reducer | None = None,
+                 total_steps: int = 0):
         self.cfg = cfg
-        self.terms = cfg.terms(student)
-        self.teacher = copy.deepcopy(student)
-        self.teacher.requires_grad_(False)
+        self.terms = cfg.terms(student, total_steps=total_steps)
         self.generator = torch.Generator().manual_seed(seed)
         device = next(student.parameters()).device
         self.selector: Selector = ConfidenceWeight(cfg.pseudo_threshold)
@@ -219,7 +222,26 @@ class SelfTraining(Method):
         self.stats: ClassStatistics | None = None
         if any(term.uses_statistics for term in self.terms):
             self.stats = ClassStatistics(student.cfg.num_classes, student.cfg.proj_dim, reducer=reducer).to(device)
+        self.teacher: nn.Module | None = None
+        if self.reads_teacher:
+            self.teacher = copy.deepcopy(student).requires_grad_(False)
+        self._auxiliaries = {}
+        for term in self.terms:
+            for name, auxiliary in term.auxiliaries().items():
+                if name in self._auxiliaries:
+                    raise ValueError(f"two terms declare an auxiliary module {name!r}")
+                self._auxiliaries[name] = (term, auxiliary)
         self._log: dict[str, torch.Tensor] = {}
+
+    @property
+    def reads_teacher(self) -> bool:
+        """Whether anything in the step reads the EMA teacher: the pseudo-labels (the mixed term, or a term
+        reading them), the class statistics, the class-balanced crop, DiGA's centroids, a term of its own.
+        Without it there is no teacher to keep, update or checkpoint (FADA, ASANet, source-only terms)."""
+        cfg = self.cfg
+        return bool(cfg.pseudo_weight or cfg.class_balanced_crops or cfg.pseudo_selection != "confidence"
+                    or self.stats is not None
+                    or any(term.uses_teacher or term.needs_pseudo_labels for term in self.terms))
 
     def _teacher_mode(self) -> nn.Module:
         """The teacher as it labels: dropout/drop-path off, BatchNorm on batch statistics (DAFormer)."""
@@ -298,7 +320,8 @@ class SelfTraining(Method):
         source_B3HW = source["image"]                                                           # 4. source pass
         if cfg.strong_source:
             source_B3HW = strong_photometric(source_B3HW, generator=self.generator, cfg=cfg.strong_aug)
-        out_src = student(source_B3HW, with_proj=any(term.source_projection(step) for term in terms))
+        out_src = student(source_B3HW, with_proj=any(term.source_projection(step) for term in terms),
+                          with_features=any(term.source_features(step) for term in terms))
         logits_src_BKHW = resize_to(out_src.logits_BKhw, source["label"].shape[-2:])
         losses = {"source.ce": cfg.source_weight * cross_entropy(logits_src_BKHW, source["label"])}
         ctx = StepContext(step=step, student=student, source=source, source_out=out_src,
@@ -324,8 +347,17 @@ class SelfTraining(Method):
 
     def after_step(self, student, step):
         self.selector.after_step()
-        # DAFormer updates at the start of iteration t+1 with the weights after step t: alpha(t + 1)
-        ema_update(self.teacher, student, ema_alpha(step + 1, self.cfg.ema_alpha))
+        if self.teacher is not None:
+            # DAFormer updates at the start of iteration t+1 with the weights after step t: alpha(t + 1)
+            ema_update(self.teacher, student, ema_alpha(step + 1, self.cfg.ema_alpha))
+
+    def auxiliaries(self):
+        return {name: auxiliary for name, (_, auxiliary) in self._auxiliaries.items()}
+
+    def auxiliary_losses(self, name):
+        if name not in self._auxiliaries:
+            return super().auxiliary_losses(name)
+        return self._auxiliaries[name][0].auxiliary_losses(name)
 
     def log_values(self):
         values = dict(self._log)
@@ -334,8 +366,9 @@ class SelfTraining(Method):
         return values
 
     def state_dict(self) -> dict[str, Any]:
-        state = {"teacher": self.teacher.state_dict(), "generator": self.generator.get_state(),
-                 "selector": self.selector.state_dict()}
+        state = {"generator": self.generator.get_state(), "selector": self.selector.state_dict()}
+        if self.teacher is not None:
+            state["teacher"] = self.teacher.state_dict()
         if self.stats is not None:
             state["stats"] = self.stats.state_dict()
         for term in self.terms:
@@ -347,7 +380,8 @@ class SelfTraining(Method):
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.teacher.load_state_dict(state["teacher"])
+        if self.teacher is not None:
+            self.teacher.load_state_dict(state["teacher"])
         self.generator.set_state(state["generator"])
         self.selector.load_state_dict(state["selector"])
         if self.stats is not None:
