@@ -115,3 +115,64 @@ def test_diga_warmup_then_sepico_runs_as_a_staged_run(tiny_data_dir, tmp_path):
     assert all(0.0 <= row["miou"] <= 1.0 for row in summary["stages"])
     weights = torch.load(summary["stages"][1]["final_weights"], weights_only=True)
     assert any(key.startswith("proj_head.") for key in weights)
+
+
+def test_the_teacher_is_kept_only_when_something_reads_it():
+    student = _student()
+    without = SelfTrainingConfig(pseudo_weight=0.0).build(student, seed=0)
+    assert without.teacher is None and "teacher" not in without.state_dict()
+    losses = without.losses(student, _batch(1), _batch(2), step=0)
+    assert set(losses) == {"source.ce"}
+    without.after_step(student, 0)  # no teacher to update
+    for cfg in (SelfTrainingConfig(), SelfTrainingConfig(pseudo_weight=0.0, distillation=DistillationConfig(weight=0.5)),
+                SelfTrainingConfig(pseudo_weight=0.0, sepico=SePiCoContrastConfig(weight=1.0))):
+        method = cfg.build(student, seed=0)
+        assert method.teacher is not None and "teacher" in method.state_dict()
+
+
+class _Probe(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(1))
+
+
+def test_a_terms_auxiliary_module_is_the_methods_and_reads_the_shared_target_pass(monkeypatch):
+    from uda_dist.auxiliary import Auxiliary
+    from uda_dist.methods import self_training
+    from uda_dist.methods.terms import Term
+    from uda_dist.optim import AuxOptimConfig
+
+    class Adversary(Term):
+        def __init__(self, name):
+            self.name, self.module, self.seen = name, _Probe(), []
+
+        def auxiliaries(self):
+            return {self.name: Auxiliary(self.module, AuxOptimConfig())}
+
+        def losses(self, ctx):
+            self.seen.append(ctx.student_target())
+            return {f"{self.name}.generator": ctx.student_target().logits_BKHW.mean() * 0}
+
+        def auxiliary_losses(self, name):
+            return {f"{name}.discriminator": self.module.w.sum()}
+
+    terms = (Adversary("a"), Adversary("b"))
+    monkeypatch.setattr(self_training.SelfTrainingConfig, "terms", lambda self, student, total_steps=0: terms)
+    student = _student()
+    calls = _forwards(student)
+    method = SelfTrainingConfig(pseudo_weight=0.0).build(student, seed=0)
+    target = _batch(2)
+    losses = method.losses(student, _batch(1), target, step=0)
+    assert len(calls) == 2  # the source pass and ONE target pass for both terms
+    assert terms[0].seen[0] is terms[1].seen[0] and terms[0].seen[0].out.features is not None
+    assert terms[0].seen[0].logits_BKHW.shape[-2:] == target["image"].shape[-2:]
+    assert {"a.generator", "b.generator"} <= set(losses)
+    assert {name: aux.module for name, aux in method.auxiliaries().items()} == {"a": terms[0].module,
+                                                                                 "b": terms[1].module}
+    assert set(method.auxiliary_losses("b")) == {"b.discriminator"}
+    with pytest.raises(NotImplementedError, match="'c'"):
+        method.auxiliary_losses("c")
+    clash = (Adversary("a"), Adversary("a"))
+    monkeypatch.setattr(self_training.SelfTrainingConfig, "terms", lambda self, student, total_steps=0: clash)
+    with pytest.raises(ValueError, match="two terms declare an auxiliary module 'a'"):
+        SelfTrainingConfig(pseudo_weight=0.0).build(student, seed=0)
