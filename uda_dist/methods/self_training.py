@@ -237,7 +237,7 @@ class SelfTraining(Method):
     def reads_teacher(self) -> bool:
         """Whether anything in the step reads the EMA teacher: the pseudo-labels (the mixed term, or a term
         reading them), the class statistics, the class-balanced crop, DiGA's centroids, a term of its own.
-        Without it there is no teacher to keep, update or checkpoint (FADA, ASANet, source-only terms)."""
+        Without it there is no teacher to keep, update or checkpoint (terms that read only the student)."""
         cfg = self.cfg
         return bool(cfg.pseudo_weight or cfg.class_balanced_crops or cfg.pseudo_selection != "confidence"
                     or self.stats is not None

@@ -1,6 +1,7 @@
 """Plug-in loss terms: the parts a recipe adds to self-training (SePiCo's contrast, PGPC's contrast, DiGA's
-distillation, FADA's and ASANet's adversarial terms), each reading the passes the step already made instead of
-making its own.
+distillation), each reading the passes the step already made instead of making its own. The hooks for
+adversarial terms (a shared target pass, the source pass's encoder levels, auxiliary modules) are here; FADA's
+and ASANet's terms are still methods of their own (uda_dist.methods.fada, .asanet) until they move onto them.
 
 Self-training (uda_dist.methods.self_training) runs one step top to bottom and hands every term a
 ``StepContext``: the student's source pass (with its projection features when a term asks for them), the
@@ -11,7 +12,7 @@ many terms read them. A term returns named, already weighted losses in two place
 student's source pass, and ``mix_losses`` after its pass over the ClassMix image (``MixedPass``), so that a
 term contrasting the mixed image reuses that forward pass. The student's pass over the un-augmented target
 (``StepContext.student_target``) is made once, the first time a term asks for it, and shared by the terms
-that read it (the adversarial ones). A term that trains a module of its own (a discriminator) declares it in
+that read it. A term that trains a module of its own (a discriminator) declares it in
 ``auxiliaries`` and returns its losses from ``auxiliary_losses``; the trainer runs that phase
 (uda_dist.step) for every term's module.
 
