@@ -47,8 +47,8 @@ import torch
 from torch import nn
 
 from uda_dist.data.augment import StrongAugConfig, strong_photometric
-from uda_dist.data.class_mix import class_mix_masks, mix
-from uda_dist.losses.segmentation import IGNORE_INDEX, cross_entropy
+from uda_dist.data.class_mix import class_balanced_windows, class_mix_masks, mix
+from uda_dist.losses.segmentation import cross_entropy
 from uda_dist.methods.base import Method, MethodConfig, Reducer
 from uda_dist.methods.distillation import Distillation, DistillationConfig
 from uda_dist.methods.labelers import CentroidAgreement, ConfidenceWeight, Selector, TeacherView, confidence_weight
@@ -176,30 +176,6 @@ def without_pl_crop(weight_BHW: torch.Tensor, *, top: int, bottom: int) -> torch
     """The pixel weights with the PL-crop rows set to 0."""
     cropped_H = pl_crop_rows(weight_BHW.shape[1], top=top, bottom=bottom, device=weight_BHW.device)
     return weight_BHW.masked_fill(cropped_H.view(1, -1, 1), 0.0)
-
-
-def class_balanced_windows(label_BHW: torch.Tensor, *, size: tuple[int, int], candidates: int, num_classes: int,
-                           generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per image, the top-left corner (tops_B, lefts_B, CPU) of the best of ``candidates`` random windows of
-    ``size``, scored as in SePiCo by sum over the classes present in the window of log(pixel count); ties go to
-    the first drawn window. Ignored pixels (255) do not count. Reads the best window's index on the host (one sync per
-    step, only when the option is on)."""
-    B, H, W = label_BHW.shape
-    h, w = size
-    if h > H or w > W:
-        raise ValueError(f"class-balanced crop of {h}x{w} does not fit target images of {H}x{W}: set "
-                         f"data.loader.target_crop_size to at least the source crop")
-    tops_BC = torch.randint(0, H - h + 1, (B, candidates), generator=generator)
-    lefts_BC = torch.randint(0, W - w + 1, (B, candidates), generator=generator)
-    slot_BHW = torch.where(label_BHW == IGNORE_INDEX, num_classes, label_BHW)
-    counts_BCK = torch.stack([
-        torch.stack([torch.bincount(slot_BHW[b, t:t + h, l:l + w].reshape(-1), minlength=num_classes + 1)
-                     for t, l in zip(tops_BC[b].tolist(), lefts_BC[b].tolist())])
-        for b in range(B)])[..., :num_classes].double()
-    scores_BC = torch.where(counts_BCK > 0, counts_BCK.log(), 0.0).sum(dim=-1)
-    best_B = scores_BC.argmax(dim=1).cpu()
-    rows_B = torch.arange(B)
-    return tops_BC[rows_B, best_B], lefts_BC[rows_B, best_B]
 
 
 # ---------------------------------------------------------------- the method
