@@ -63,7 +63,7 @@ class OptimConfig:
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class AuxOptimConfig:
     """Optimiser of an auxiliary module a method trains beside the student (a discriminator): Adam with its
-    own poly schedule over the run's steps. A field of the method's config (``--set method.disc_optim.lr=...``)."""
+    own poly schedule over the run's steps. A field of its term's config (``--set method.fada.disc_optim.lr=...``)."""
 
     lr: float = 1e-4
     """Adam learning rate at step 0 (FADA's discriminator: 1e-4)."""

@@ -15,7 +15,7 @@ import torch
 from tests.helpers import tiny_overrides
 from uda_dist.config import apply_overrides
 from uda_dist.methods.asanet import ASANetConfig
-from uda_dist.methods.self_training import diga_warmup
+from uda_dist.methods.presets import asanet_adaptation, diga_warmup
 from uda_dist.parts import Parts, to_device
 from uda_dist.recipes import synthetic as syn
 from uda_dist.step import train_step
@@ -25,10 +25,11 @@ STEPS = 4
 
 def cases(data: str, out: str):
     base = tiny_overrides(data, out) + [f"train.iterations={STEPS}"]
-    yield "fada", apply_overrides(syn.synthetic_fada(), base + ["method.from_scratch=true", "method.disc_hidden=16"])
+    yield "fada", apply_overrides(syn.synthetic_fada(), base + ["method.fada.from_scratch=true",
+                                                                "method.fada.disc_hidden=16"])
     for name, adv, asc in (("asanet", 0.001, 0.01), ("asanet_asc", 0.0, 0.01), ("asanet_asa", 0.001, 0.0)):
-        yield name, dataclasses.replace(apply_overrides(syn.synthetic_fada(), base),
-                                        method=ASANetConfig(adv_weight=adv, asc_weight=asc, disc_width=8))
+        yield name, dataclasses.replace(apply_overrides(syn.synthetic_fada(), base), method=asanet_adaptation(
+            asanet=ASANetConfig(adv_weight=adv, asc_weight=asc, disc_width=8)))
     yield "st", apply_overrides(syn.synthetic_self_training(), base)
     contrast = ["method.sepico.start_step=1", "model.proj_dim=16"]
     yield "sepico_distcl", apply_overrides(syn.synthetic_sepico_distcl(), base + contrast)

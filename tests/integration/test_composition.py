@@ -176,3 +176,39 @@ def test_a_terms_auxiliary_module_is_the_methods_and_reads_the_shared_target_pas
     monkeypatch.setattr(self_training.SelfTrainingConfig, "terms", lambda self, student, total_steps=0: clash)
     with pytest.raises(ValueError, match="two terms declare an auxiliary module 'a'"):
         SelfTrainingConfig(pseudo_weight=0.0).build(student, seed=0)
+
+
+def test_fada_and_asanet_terms_ride_on_daformer_self_training_in_one_step():
+    """Both adversarial terms on the full self-training step: one shared target pass, each term its own
+    discriminator phase, and the step's other losses as they are."""
+    from uda_dist.methods.asanet import ASANetConfig
+    from uda_dist.methods.fada import FADAConfig
+
+    student = _student()
+    cfg = SelfTrainingConfig(fada=FADAConfig(adv_weight=0.01, from_scratch=True, disc_hidden=8),
+                             asanet=ASANetConfig(adv_weight=0.01, asc_weight=0.01, disc_width=4))
+    method = cfg.build(student, seed=0, total_steps=4)
+    calls = _forwards(student)
+    losses = method.losses(student, _batch(1), _batch(2), step=0)
+    assert len(calls) == 3  # the source pass, ONE target pass for both terms, the ClassMix pass
+    assert set(losses) == {"source.ce", "mix.ce", "fada.generator", "asanet.generator", "asanet.asc"}
+    assert set(method.auxiliaries()) == {"fada", "asanet"} and method.teacher is not None
+    for name in ("fada", "asanet"):
+        disc_losses = method.auxiliary_losses(name)
+        assert set(disc_losses) == {f"{name}.discriminator"} and disc_losses[f"{name}.discriminator"] > 0
+    with pytest.raises(ValueError, match="model.init_weights"):
+        SelfTrainingConfig(fada=FADAConfig(adv_weight=0.01)).build(student, seed=0)
+
+
+def test_target_pass_makes_the_students_target_pass_with_no_term():
+    """The control of the adversarial terms: their weights 0 and the student's train-mode target pass kept,
+    which moves its BatchNorm statistics towards the target."""
+    running = {}
+    for target_pass in (False, True):
+        student = _student()
+        method = SelfTrainingConfig(pseudo_weight=0.0, target_pass=target_pass).build(student, seed=0)
+        calls = _forwards(student)
+        losses = method.losses(student, _batch(1), _batch(2), step=0)
+        assert len(calls) == 1 + target_pass and set(losses) == {"source.ce"}
+        running[target_pass] = [b.clone() for n, b in student.named_buffers() if n.endswith("running_mean")]
+    assert running[False] and any(not torch.equal(a, b) for a, b in zip(running[False], running[True]))

@@ -18,6 +18,7 @@ from uda_dist.data.sources import load_manifest
 from uda_dist.launch import connect, launch, prepare_data
 from uda_dist.parts import Parts
 from uda_dist.methods.asanet import ASANetConfig
+from uda_dist.methods.presets import asanet_adaptation
 from uda_dist.methods.base import MethodConfig, SourceOnly
 from uda_dist.recipes.synthetic import synthetic_fada, synthetic_pgpc_sepico_distcl, synthetic_source_only
 from uda_dist.stats.class_stats import ClassStatistics
@@ -64,11 +65,11 @@ def _record_statistics_worker(config):
 
     for name in ("fada", "asanet"):
         adv = Parts(config[name], torch.device("cpu"))
-        initial = {k: v.clone() for k, v in adv.method.discriminator.state_dict().items()}
+        initial = {k: v.clone() for k, v in adv.auxiliaries.modules[name].state_dict().items()}
         for step in range(config[name].train.iterations):
             _optimizer_step(adv, torch.device("cpu"), step)
-        torch.save({"initial": initial, "disc": adv.method.discriminator.state_dict(),
-                    "adam": adv.auxiliaries.optimizers["discriminator"].state_dict(),
+        torch.save({"initial": initial, "disc": adv.auxiliaries.modules[name].state_dict(),
+                    "adam": adv.auxiliaries.optimizers[name].state_dict(),
                     "student": adv.engine.module.state_dict()}, os.path.join(config["out"], f"{name}{rank}.pt"))
     _record_centroids(config["diga"], os.path.join(config["out"], f"diga{rank}.pt"))
     ray.train.report({"steps": cfg.train.iterations})
@@ -113,9 +114,10 @@ def test_statistics_identical_on_both_ranks_and_equal_to_one_process(local_ray, 
         "train.iterations=4", "method.sepico.start_step=2", "method.pgpc.start_step=2", "model.proj_dim=8",
         "model.proj_hidden=8"])
     fada = apply_overrides(synthetic_fada(), tiny_overrides(tiny_data_dir, str(tmp_path)) + [
-        "train.iterations=3", "method.from_scratch=true", "method.disc_hidden=16", "engine.grad_accum=2",
+        "train.iterations=3", "method.fada.from_scratch=true", "method.fada.disc_hidden=16", "engine.grad_accum=2",
         "data.loader.batch_size=2"])
-    asanet = dataclasses.replace(fada, method=ASANetConfig(disc_width=8, asc_weight=0.01))
+    asanet = dataclasses.replace(fada, method=asanet_adaptation(
+        asanet=ASANetConfig(adv_weight=0.001, disc_width=8, asc_weight=0.01)))
     prepare_data(cfg)  # generated once, before the workers read it
     diga = diga_self_training_stage(tiny_data_dir, tmp_path, "diga2", "data.loader.batch_size=2")
     TorchTrainer(_record_statistics_worker, train_loop_config={"cfg": cfg, "fada": fada, "asanet": asanet,
@@ -420,12 +422,12 @@ def test_a_sweep_over_a_stage_2_key_sees_one_step_that_only_grows(local_ray, tin
     base = dataclasses.replace(base, stages=base.stages[:2])
     base = apply_overrides(base, for_every_stage(base, tiny_overrides(tiny_data_dir, str(tmp_path)) + [
         "train.iterations=4", "train.eval_every=2", "launch.workers=1"]) + ["stages.adversarial.label.enabled=false"])
-    space = {"stages.adversarial.method.adv_weight": "grid(0.001, 0.01)"}
+    space = {"stages.adversarial.method.fada.adv_weight": "grid(0.001, 0.01)"}
     options = SweepOptions(name="staged-sweep", trials=1, scheduler="fifo", max_concurrent=2,
                            storage=str(tmp_path / "tune"))
     rows = run_sweep(base, space, options, recipe="synthetic_fada_pipeline", overrides=[])
     assert [row["status"] for row in rows] == ["FINISHED", "FINISHED"]
-    assert sorted(row["params"]["stages.adversarial.method.adv_weight"] for row in rows) == [0.001, 0.01]
+    assert sorted(row["params"]["stages.adversarial.method.fada.adv_weight"] for row in rows) == [0.001, 0.01]
     results = glob.glob(str(tmp_path / "tune" / "staged-sweep" / "*" / "result.json"))
     assert len(results) == 2
     for path in results:

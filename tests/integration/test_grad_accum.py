@@ -4,7 +4,6 @@ teacher included; and the loop's schedule runs its full length with grad_accum=2
 from __future__ import annotations
 
 import copy
-import dataclasses
 import os
 import sys
 
@@ -17,8 +16,9 @@ from uda_dist.auxiliary import Auxiliaries
 from uda_dist.config import apply_overrides
 from uda_dist.dist.engine import EngineConfig, build_engine
 from uda_dist.loop import train_loop
-from uda_dist.methods.fada import FADA, FADAConfig
-from uda_dist.methods.self_training import ema_alpha, ema_update
+from uda_dist.methods.fada import FADAConfig
+from uda_dist.methods.presets import fada_adversarial
+from uda_dist.methods.self_training import SelfTraining
 from uda_dist.model.segmentor import ModelConfig, build_segmentor
 from uda_dist.optim import OptimConfig, lr_factor
 from uda_dist.recipes.synthetic import synthetic_source_only
@@ -47,22 +47,17 @@ def one_rank_group():
         os.environ.update(saved)
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class _FADAWithTeacherConfig(FADAConfig):
-    """FADA plus an EMA teacher updated after each optimiser step (to check when after_step runs)."""
+class _FADAWithTeacher(SelfTraining):
+    """FADA's adversarial stage plus an EMA teacher (it keeps none: nothing reads it), updated by self-training
+    after each optimiser step, recording when after_step runs."""
 
-    def build(self, student, *, seed, reducer=None, total_steps=0):
-        return _FADAWithTeacher(self, student)
-
-
-class _FADAWithTeacher(FADA):
     def __init__(self, cfg, student):
         super().__init__(cfg, student)
         self.teacher = copy.deepcopy(student).requires_grad_(False)
         self.updates = []
 
     def after_step(self, student, step):
-        ema_update(self.teacher, student, ema_alpha(step + 1, 0.9))
+        super().after_step(student, step)
         self.updates.append(step)
 
 
@@ -76,7 +71,8 @@ def _train(grad_accum: int, micro: int, batches):
     """A BatchNorm-free student (its loss over 2b images is the mean of its losses over two halves)."""
     torch.manual_seed(0)
     student = build_segmentor(ModelConfig(backbone="test_convnext", head="deeplabv2", num_classes=K))
-    method = _FADAWithTeacherConfig(from_scratch=True, disc_hidden=16, adv_weight=0.1).build(student, seed=0)
+    method = _FADAWithTeacher(fada_adversarial(ema_alpha=0.9, fada=FADAConfig(
+        adv_weight=0.1, from_scratch=True, disc_hidden=16)), student)
     optim = OptimConfig(lr=1e-3, warmup_iters=2)
     aux = Auxiliaries(method.auxiliaries(), total_steps=STEPS, grad_accum=grad_accum)
     engine = build_engine(student, EngineConfig(backend="deepspeed", grad_accum=grad_accum), optim,
@@ -88,10 +84,10 @@ def _train(grad_accum: int, micro: int, batches):
             _, stepped = train_step(engine, method, {k: v[part] for k, v in source.items()},
                                     {k: v[part] for k, v in target.items()}, step, aux)
             assert stepped == (m == grad_accum - 1)
-        lrs.append((engine.lr(), aux.lr("discriminator")))
+        lrs.append((engine.lr(), aux.lr("fada")))
     return {"student": engine.module.state_dict(), "teacher": method.teacher.state_dict(),
-            "disc": method.discriminator.state_dict(),
-            "disc_adam": aux.optimizers["discriminator"].state_dict()["state"], "lrs": lrs, "updates": method.updates}
+            "disc": aux.modules["fada"].state_dict(),
+            "disc_adam": aux.optimizers["fada"].state_dict()["state"], "lrs": lrs, "updates": method.updates}
 
 
 def test_two_micro_batches_of_b_equal_one_batch_of_2b(one_rank_group):

@@ -9,11 +9,11 @@ from uda_dist.recipes.synthetic import synthetic_fada_pipeline
 
 def test_a_stage_key_sets_that_stage_only_and_is_listed_by_name():
     base = synthetic_fada_pipeline()
-    cfg = apply_overrides(base, ["stages.adversarial.method.adv_weight=0.01", "stages.distill.train.iterations=5"])
-    assert cfg.stages[1].method.adv_weight == 0.01 and base.stages[1].method.adv_weight == 0.001
+    cfg = apply_overrides(base, ["stages.adversarial.method.fada.adv_weight=0.01", "stages.distill.train.iterations=5"])
+    assert cfg.stages[1].method.fada.adv_weight == 0.01 and base.stages[1].method.fada.adv_weight == 0.001
     assert [s.train.iterations for s in cfg.stages] == [700, 700, 5]
     flat = to_flat_dict(cfg)
-    assert flat["stages.adversarial.method.adv_weight"] == 0.01 and flat["stages.distill.labels_from"] == "adversarial"
+    assert flat["stages.adversarial.method.fada.adv_weight"] == 0.01 and flat["stages.distill.labels_from"] == "adversarial"
     assert "stages.source.name" not in flat and "seed" in flat
     assert total_iterations(cfg) == 1405 and eval_every(apply_overrides(cfg, ["stages.source.train.eval_every=50"])) == 50
 
@@ -39,7 +39,7 @@ def test_print_config_shows_every_stage(capsys):
     assert train.main(["--recipe", "synthetic_fada_pipeline", "--print-config",
                        "--set", "stages.distill.optim.lr=0.01"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert {"# [stages.source] StageConfig", "# [stages.adversarial.method] FADAConfig"} <= set(lines)
+    assert {"# [stages.source] StageConfig", "# [stages.adversarial.method.fada] FADAConfig"} <= set(lines)
     assert any(line.startswith("stages.distill.optim.lr = 0.01 ") for line in lines)
     assert any(line.startswith("stages.source.optim.lr = 0.002 ") for line in lines)
 

@@ -10,9 +10,12 @@ Parts a recipe chooses (each a config field; no method subclasses another):
   confidence weight, or DiGA's agreement with the nearest target feature centroid;
 - plug-in loss terms (uda_dist.methods.terms), each off by default: DiGA's symmetric distillation
   (``distillation``, uda_dist.methods.distillation; with ``pseudo_weight=0`` there is no target term: DiGA's
-  source-only warm-up), SePiCo's pixel contrast (``sepico``, uda_dist.methods.sepico) and PGPC's pseudo-label
-  guided pixel contrast (``pgpc``, uda_dist.methods.pgpc). Terms that read class statistics share ONE
-  ClassStatistics, fed once per step (one packed all-reduce), however many of them are on.
+  source-only warm-up), SePiCo's pixel contrast (``sepico``, uda_dist.methods.sepico), PGPC's pseudo-label
+  guided pixel contrast (``pgpc``, uda_dist.methods.pgpc), FADA's class-level adversarial term (``fada``,
+  uda_dist.methods.fada) and ASANet's affinity-space adaptation (``asanet``, uda_dist.methods.asanet), the
+  last two with a discriminator each. Terms that read class statistics share ONE ClassStatistics, fed once
+  per step (one packed all-reduce), however many of them are on. FADA's and ASANet's methods are this
+  method with their term and ``pseudo_weight=0`` (uda_dist.methods.presets, with DiGA's stages).
 
 One step, top to bottom (``losses``):
 1. SePiCo's class-balanced target crop, when on;
@@ -21,8 +24,8 @@ One step, top to bottom (``losses``):
    and the ground truth (when a term reads them): one reduce;
 4. the student's source pass (on the strongly augmented source with ``strong_source``; with projection
    features when a term asks) and its cross-entropy;
-5. the terms' losses on that pass (distillation, contrast; a term reading the student's pass over the target
-   makes it here, once, shared by the others);
+5. the terms' losses on that pass (distillation, contrast, adversarial; a term reading the student's pass over
+   the target makes it here, once, shared by the others; ``target_pass`` makes it with no term);
 6. the ClassMix image, the student's pass over it and its weighted cross-entropy;
 7. the terms' losses on the mixed pass.
 The EMA teacher exists only when something reads it (``SelfTraining.reads_teacher``); a term's auxiliary modules
@@ -49,8 +52,10 @@ from torch import nn
 from uda_dist.data.augment import StrongAugConfig, strong_photometric
 from uda_dist.data.class_mix import class_balanced_windows, class_mix_masks, mix
 from uda_dist.losses.segmentation import cross_entropy
+from uda_dist.methods.asanet import ASANetAdaptation, ASANetConfig
 from uda_dist.methods.base import Method, MethodConfig, Reducer
 from uda_dist.methods.distillation import Distillation, DistillationConfig
+from uda_dist.methods.fada import FADAAdversarial, FADAConfig
 from uda_dist.methods.labelers import CentroidAgreement, ConfidenceWeight, Selector, TeacherView, confidence_weight
 from uda_dist.methods.pgpc import PGPCConfig, PGPCContrast
 from uda_dist.methods.sepico import SePiCoContrast, SePiCoContrastConfig
@@ -106,6 +111,16 @@ class SelfTrainingConfig(MethodConfig):
     pgpc: PGPCConfig = dataclasses.field(default_factory=PGPCConfig)
     """PGPC's pseudo-label guided pixel contrast term (uda_dist.methods.pgpc); off unless its weight is > 0.
     Needs model.proj_dim > 0."""
+    fada: FADAConfig = dataclasses.field(default_factory=FADAConfig)
+    """FADA's class-level adversarial term and its discriminator (uda_dist.methods.fada); off unless
+    adv_weight > 0."""
+    asanet: ASANetConfig = dataclasses.field(default_factory=ASANetConfig)
+    """ASANet's affinity-space adversarial term and cleaning loss (uda_dist.methods.asanet); off unless one of
+    its weights is > 0."""
+    target_pass: bool = False
+    """Make the student's train-mode pass over the un-augmented target at every step even when no term reads it:
+    its BatchNorm running statistics then follow the target. The control of the adversarial terms (their
+    weights 0, this on: the same student step without the adversarial gradient)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -141,6 +156,10 @@ class SelfTrainingConfig(MethodConfig):
             terms.append(SePiCoContrast(self.sepico, student))
         if self.pgpc.weight:
             terms.append(PGPCContrast(self.pgpc, student))
+        if self.fada.adv_weight:
+            terms.append(FADAAdversarial(self.fada, student))
+        if self.asanet.on:
+            terms.append(ASANetAdaptation(self.asanet, student, total_steps=total_steps))
         return tuple(terms)
 
 
@@ -306,6 +325,8 @@ class SelfTraining(Method):
                           teacher_view=self.teacher_view, selector=self.selector, stats=self.stats,
                           strong_aug=cfg.strong_aug, label_min_share=cfg.label_min_share,
                           pl_crop=(cfg.pl_crop_top, cfg.pl_crop_bottom))
+        if cfg.target_pass:
+            ctx.student_target()
         for term in terms:                                                                      # 5. terms
             losses.update(term.losses(ctx))
         mix_proj = any(term.mix_projection(step) for term in terms)
@@ -364,18 +385,3 @@ class SelfTraining(Method):
             self.stats.load_state_dict(state["stats"])
         for term in self.terms:
             term.load_state_dict({key: state[key] for key in term.state_dict()})
-
-
-# ---------------------------------------------------------------- DiGA's stages, as choices of this method
-
-def diga_warmup(**changes: Any) -> SelfTrainingConfig:
-    """DiGA's distillation warm-up: source cross-entropy + 0.5 symmetric distillation over x and its cross-domain
-    mixture (beta 0.4); no target term (the target images only lend their style)."""
-    return SelfTrainingConfig(pseudo_weight=0.0, distillation=DistillationConfig(weight=0.5, beta=0.4), **changes)
-
-
-def diga_self_training(**changes: Any) -> SelfTrainingConfig:
-    """DiGA's self-training round: source cross-entropy + cross-entropy on the ClassMix image with the offline
-    pseudo-labels kept where they agree with the nearest target centroid + 0.25 distillation (beta 0.3)."""
-    return SelfTrainingConfig(pseudo_source="offline", pseudo_selection="centroid_agreement",
-                              distillation=DistillationConfig(weight=0.25, beta=0.3), **changes)

@@ -1,7 +1,6 @@
 """Plug-in loss terms: the parts a recipe adds to self-training (SePiCo's contrast, PGPC's contrast, DiGA's
-distillation), each reading the passes the step already made instead of making its own. The hooks for
-adversarial terms (a shared target pass, the source pass's encoder levels, auxiliary modules) are here; FADA's
-and ASANet's terms are still methods of their own (uda_dist.methods.fada, .asanet) until they move onto them.
+distillation, FADA's and ASANet's adversarial terms), each reading the passes the step already made instead
+of making its own.
 
 Self-training (uda_dist.methods.self_training) runs one step top to bottom and hands every term a
 ``StepContext``: the student's source pass (with its projection features when a term asks for them), the
@@ -16,8 +15,8 @@ that read it. A term that trains a module of its own (a discriminator) declares 
 ``auxiliaries`` and returns its losses from ``auxiliary_losses``; the trainer runs that phase
 (uda_dist.step) for every term's module.
 
-The math of each term is in a pure module (uda_dist.losses.contrast, .pgpc, .distillation); a term only picks
-the pixels, labels and weights it feeds them.
+The math of each term is in a pure module (uda_dist.losses.contrast, .pgpc, .distillation, .adversarial,
+.affinity); a term only picks the pixels, labels and weights it feeds them.
 
 Legend: B batch, K classes, D projection dim, H, W image, h, w feature grid, N pixels.
 """

@@ -14,10 +14,9 @@ import dataclasses
 from uda_dist.config import RunConfig, TrainConfig
 from uda_dist.data.sources import DataConfig
 from uda_dist.data.webdataset import LoaderConfig
-from uda_dist.methods.asanet import ASANetConfig
 from uda_dist.methods.base import MethodConfig
-from uda_dist.methods.fada import FADAConfig
-from uda_dist.methods.self_training import SelfTrainingConfig, diga_self_training, diga_warmup
+from uda_dist.methods.presets import asanet_adaptation, diga_self_training, diga_warmup, fada_adversarial
+from uda_dist.methods.self_training import SelfTrainingConfig
 from uda_dist.methods.pgpc import PGPCConfig
 from uda_dist.methods.sepico import SePiCoContrastConfig
 from uda_dist.model.segmentor import ModelConfig
@@ -168,7 +167,7 @@ def gta_to_cs_fada_deeplabv2() -> RunConfig:
     """FADA's adversarial stage on GTA5 -> Cityscapes (paper: ~46.9 mIoU before self-distillation, ~50.1
     after): --set model.init_weights=outputs/<gta_to_cs_fada_source_deeplabv2 run>/student.pt."""
     return _fada_deeplabv2("gta_to_cs_fada_deeplabv2", source=_manifest("gta5", "train"), source_resize=(720, 1280),
-                           method=FADAConfig(), lr=2.5e-4, iterations=40000)
+                           method=fada_adversarial(), lr=2.5e-4, iterations=40000)
 
 
 def synthia_to_cs_fada_source_deeplabv2() -> RunConfig:
@@ -181,7 +180,7 @@ def synthia_to_cs_fada_deeplabv2() -> RunConfig:
     """FADA's adversarial stage on SYNTHIA -> Cityscapes (19-class table; the paper reports 16 classes):
     --set model.init_weights=outputs/<synthia_to_cs_fada_source_deeplabv2 run>/student.pt."""
     return _fada_deeplabv2("synthia_to_cs_fada_deeplabv2", source=_manifest("synthia", "train"),
-                           source_resize=(760, 1280), method=FADAConfig(), lr=2.5e-4, iterations=40000)
+                           source_resize=(760, 1280), method=fada_adversarial(), lr=2.5e-4, iterations=40000)
 
 
 # FADA as one staged run (JDAI-CV/FADA train_with_sd.sh: train_src, train_adv, test --saveres on the Cityscapes
@@ -237,12 +236,12 @@ def _asanet_pipeline(name: str, source: RunConfig, adapt: RunConfig, *later: tup
 
 def _asa(name: str, source: str, source_resize: tuple[int, int]) -> RunConfig:
     return _fada_deeplabv2(name, source=_manifest(source, "train"), source_resize=source_resize,
-                           method=ASANetConfig(), lr=2.5e-4, iterations=40000)
+                           method=asanet_adaptation(), lr=2.5e-4, iterations=40000)
 
 
 def gta_to_cs_asanet_deeplabv2() -> PipelineConfig:
     """ASANet (adversarial affinity space alignment) on GTA5 -> Cityscapes, DeepLab-V2 ResNet-101, after a
-    source-only stage (paper: 45.1 mIoU). Add ASC with --set stages.adapt.method.asc_weight=0.01."""
+    source-only stage (paper: 45.1 mIoU). Add ASC with --set stages.adapt.method.asanet.asc_weight=0.01."""
     name = "gta_to_cs_asanet_deeplabv2"
     return _asanet_pipeline(name, gta_to_cs_fada_source_deeplabv2(), _asa(name, "gta5", (720, 1280)))
 

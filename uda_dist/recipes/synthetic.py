@@ -26,8 +26,8 @@ from uda_dist.data.sources import DataConfig
 from uda_dist.data.webdataset import LoaderConfig
 from uda_dist.methods.asanet import ASANetConfig
 from uda_dist.methods.base import MethodConfig
-from uda_dist.methods.fada import FADAConfig
-from uda_dist.methods.self_training import SelfTrainingConfig, diga_self_training, diga_warmup
+from uda_dist.methods.presets import asanet_adaptation, diga_self_training, diga_warmup, fada_adversarial
+from uda_dist.methods.self_training import SelfTrainingConfig
 from uda_dist.methods.pgpc import PGPCConfig
 from uda_dist.methods.sepico import SePiCoContrastConfig
 from uda_dist.model.segmentor import ModelConfig
@@ -133,7 +133,7 @@ def synthetic_fada() -> RunConfig:
     source-only model: pass its weights with --set model.init_weights=outputs/<source-only run>/student.pt.
     The student keeps the source-only recipe's optimiser and its 700-step schedule, restarted."""
     base = synthetic_source_only()
-    return dataclasses.replace(base, name="synthetic_fada", method=FADAConfig())
+    return dataclasses.replace(base, name="synthetic_fada", method=fada_adversarial())
 
 
 def synthetic_fada_pipeline() -> PipelineConfig:
@@ -143,7 +143,8 @@ def synthetic_fada_pipeline() -> PipelineConfig:
     sections = sections_of(base)
     return PipelineConfig(name="synthetic_fada_pipeline", stages=(
         StageConfig(name="source", init="config", **sections),
-        StageConfig(name="adversarial", **{**sections, "method": FADAConfig(), "label": LabelConfig(enabled=True)}),
+        StageConfig(name="adversarial",
+                    **{**sections, "method": fada_adversarial(), "label": LabelConfig(enabled=True)}),
         StageConfig(name="distill", init="config", labels_from="adversarial", **sections),
     ))
 
@@ -165,23 +166,25 @@ ASC_WEIGHT = 0.01
 def synthetic_asanet_asa() -> PipelineConfig:
     """ASANet's adversarial affinity space alignment (uda_dist.methods.asanet: lambda_adv 1e-3 damped over the
     run, the affinity space at the input size), 700 steps from the source-only stage."""
-    return _after_source_only("synthetic_asanet_asa", ("adapt", ASANetConfig()))
+    return _after_source_only("synthetic_asanet_asa", ("adapt", asanet_adaptation()))
 
 
 def synthetic_asanet_asc() -> PipelineConfig:
     """ASANet's affinity space cleaning alone on the target (no discriminator), from the source-only stage."""
-    return _after_source_only("synthetic_asanet_asc", ("adapt", ASANetConfig(adv_weight=0.0, asc_weight=ASC_WEIGHT)))
+    return _after_source_only("synthetic_asanet_asc", ("adapt", asanet_adaptation(
+        asanet=ASANetConfig(asc_weight=ASC_WEIGHT))))
 
 
 def synthetic_asanet_asa_asc() -> PipelineConfig:
     """ASANet with both: adversarial affinity alignment and affinity space cleaning, from the source-only stage."""
-    return _after_source_only("synthetic_asanet_asa_asc", ("adapt", ASANetConfig(asc_weight=ASC_WEIGHT)))
+    return _after_source_only("synthetic_asanet_asa_asc", ("adapt", asanet_adaptation(
+        asanet=ASANetConfig(adv_weight=0.001, asc_weight=ASC_WEIGHT))))
 
 
 def synthetic_asanet_st() -> PipelineConfig:
     """An extension (the paper's ASA+ST exists only as a released checkpoint): source-only -> ASA -> DAFormer-style
     self-training from the ASA model's weights (its teacher starts as that model)."""
-    return _after_source_only("synthetic_asanet_st", ("adapt", ASANetConfig()),
+    return _after_source_only("synthetic_asanet_st", ("adapt", asanet_adaptation()),
                               ("self_training", SelfTrainingConfig(ema_alpha=0.99)))
 
 
