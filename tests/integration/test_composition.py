@@ -212,3 +212,15 @@ def test_target_pass_makes_the_students_target_pass_with_no_term():
         assert len(calls) == 1 + target_pass and set(losses) == {"source.ce"}
         running[target_pass] = [b.clone() for n, b in student.named_buffers() if n.endswith("running_mean")]
     assert running[False] and any(not torch.equal(a, b) for a, b in zip(running[False], running[True]))
+
+
+def test_the_self_training_fada_recipe_trains_with_both_phases(tiny_data_dir, tmp_path):
+    from uda_dist.recipes.synthetic import synthetic_self_training_fada
+
+    cfg = apply_overrides(synthetic_self_training_fada(), tiny_overrides(tiny_data_dir, str(tmp_path)) + [
+        "train.iterations=2", "train.log_every=1", "method.fada.disc_hidden=8"])
+    result = train_loop(cfg)
+    logged = result.losses[-1]
+    assert {"source.ce", "mix.ce", "fada.generator", "fada.discriminator"} <= set(logged)
+    assert logged["loss"] == pytest.approx(logged["source.ce"] + logged["mix.ce"] + logged["fada.generator"],
+                                           rel=1e-5)  # the discriminator's loss is its own phase's

@@ -26,6 +26,7 @@ from uda_dist.data.sources import DataConfig
 from uda_dist.data.webdataset import LoaderConfig
 from uda_dist.methods.asanet import ASANetConfig
 from uda_dist.methods.base import MethodConfig
+from uda_dist.methods.fada import FADAConfig
 from uda_dist.methods.presets import asanet_adaptation, diga_self_training, diga_warmup, fada_adversarial
 from uda_dist.methods.self_training import SelfTrainingConfig
 from uda_dist.methods.pgpc import PGPCConfig
@@ -116,6 +117,15 @@ def synthetic_pgpc_sepico_distcl() -> RunConfig:
     return _with_terms("synthetic_pgpc_sepico_distcl",
                        pgpc=PGPCConfig(weight=PGPC_WEIGHT, start_step=CONTRAST_START),
                        sepico=SePiCoContrastConfig(weight=1.0, contrast="dist", start_step=CONTRAST_START))
+
+
+def synthetic_self_training_fada() -> RunConfig:
+    """A combination no paper ran: FADA's class-level adversarial term and its discriminator (weight 0.001, as
+    FADA) on DAFormer-style self-training, both from scratch in one run (FADA's own stage adapts a source-only
+    model instead)."""
+    base = synthetic_self_training()
+    return dataclasses.replace(base, name="synthetic_self_training_fada", method=dataclasses.replace(
+        base.method, fada=FADAConfig(adv_weight=0.001, from_scratch=True)))
 
 
 def synthetic_diga_sepico() -> PipelineConfig:
