@@ -18,7 +18,7 @@ trainer runs the discriminator's phase, uda_dist.step):
    and Adam step (lr 1e-4, betas 0.9/0.99, poly 0.9), gradients averaged over workers.
 
 ASANet's method is this term on self-training with no target term of its own (``asanet_adaptation`` in
-uda_dist.methods.self_training). The variants are weights: ASA (adv_weight 1e-3, asc_weight 0), ASC alone
+uda_dist.methods.presets). The variants are weights: ASA (adv_weight 1e-3, asc_weight 0), ASC alone
 (adv_weight 0: no discriminator is built), ASA + ASC (both). The recipes start from a source-only stage's
 weights.
 

@@ -14,7 +14,7 @@ trainer runs the discriminator's phase, uda_dist.step):
    ``fada.discriminator`` = 0.5 l(D(f_s), [p_s, 0]) + 0.5 l(D(f_t), [0, p_t]), its own backward and Adam
    step (lr 1e-4, betas 0.9/0.99, poly 0.9), gradients averaged over workers.
 FADA's adversarial stage is this term on self-training with no target term of its own
-(``fada_adversarial`` in uda_dist.methods.self_training): source cross-entropy + the generator term. It
+(``fada_adversarial`` in uda_dist.methods.presets): source cross-entropy + the generator term. It
 starts from a source-only model's weights (``model.init_weights``: a source-only run's
 outputs/<name>/student.pt); FADA's third stage, self-distillation, is a separate run.
 
