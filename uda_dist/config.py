@@ -19,6 +19,7 @@ from typing import Any, Literal, Union
 from uda_dist.data.sources import DataConfig
 from uda_dist.dist.engine import EngineConfig
 from uda_dist.errors import ConfigError
+from uda_dist.inference import EvalConfig
 from uda_dist.launch import LaunchConfig
 from uda_dist.methods.base import MethodConfig
 from uda_dist.model.segmentor import ModelConfig
@@ -41,9 +42,6 @@ class TrainConfig:
     """Steps between progress-bar/log updates (the only place losses are synced to the host)."""
     eval_max_batches: int = 0
     """Cap on evaluation batches (0 = the whole split)."""
-    eval_scales: tuple[float, ...] = (1.0,)
-    """Inference scales of evaluation and of labelling the target (label.enabled): whole-image at each, the
-    logits resized to the image and combined by element-wise max (DiGA: 1.0, 0.5). (1.0,) = whole-image."""
     device: str = "auto"
     """'auto' (cuda if available, else cpu), 'cpu' or 'cuda'."""
     threads: int = 0
@@ -60,8 +58,6 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.eval_every < 0 or self.eval_max_batches < 0 or self.threads < 0 or self.checkpoint_every < 0:
             raise ValueError("eval_every, eval_max_batches, threads and checkpoint_every must be >= 0")
-        if not self.eval_scales or any(not 0.0 < s <= 4.0 for s in self.eval_scales):
-            raise ValueError(f"eval_scales must be one or more scales in (0, 4], got {self.eval_scales}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
 
@@ -77,6 +73,7 @@ class TrainingSections:
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     engine: EngineConfig = dataclasses.field(default_factory=EngineConfig)
     label: LabelConfig = dataclasses.field(default_factory=LabelConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
 
 
 TRAINING_SECTIONS = tuple(f.name for f in dataclasses.fields(TrainingSections))

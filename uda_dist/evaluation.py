@@ -12,6 +12,7 @@ import torch
 from uda_dist import report
 from uda_dist.data.schema import IGNORE_INDEX, NUM_CLASSES
 from uda_dist.dist import collectives
+from uda_dist.inference import EvalConfig, predict
 from uda_dist.metrics import confusion_matrix, iou_per_class, mean_iou
 from uda_dist.parts import to_device
 
@@ -20,10 +21,10 @@ if TYPE_CHECKING:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader: Any, *, device: torch.device, max_batches: int = 0,
-             bad_data: collections.Counter | None = None, scales: tuple[float, ...] = (1.0,)) -> np.ndarray:
-    """Confusion matrix of the model's predictions over the loader (whole-image inference, at each of
-    ``scales`` with the logits' element-wise max); the loader's bad-data counts are added to ``bad_data``."""
+def evaluate(model: torch.nn.Module, loader: Any, cfg: EvalConfig, *, device: torch.device, max_batches: int = 0,
+             bad_data: collections.Counter | None = None) -> np.ndarray:
+    """Confusion matrix of the model's predictions over the loader (uda_dist.inference.predict as ``cfg``
+    says); the loader's bad-data counts are added to ``bad_data``."""
     was_training = model.training
     model.eval()
     confusion_KK = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.int64, device=device)
@@ -34,7 +35,7 @@ def evaluate(model: torch.nn.Module, loader: Any, *, device: torch.device, max_b
         if bad_data is not None:
             bad_data.update(counts)
         batch = to_device(batch, device)
-        pred_BHW = model.segment(batch["image"], scales).argmax(dim=1)
+        pred_BHW = predict(model, batch["image"], cfg, batch["label"].shape[-2:]).argmax(dim=1)
         label_BHW = batch["label"].masked_fill(~batch["valid"].view(-1, 1, 1), IGNORE_INDEX)  # padding items
         confusion_KK += confusion_matrix(pred_BHW, label_BHW, num_classes=NUM_CLASSES)
     model.train(was_training)

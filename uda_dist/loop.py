@@ -119,8 +119,8 @@ def _train_and_evaluate(cfg: RunConfig, parts: Parts, device: torch.device, firs
     start = time.perf_counter()
     _train(cfg, parts, device, first, history, checkpointer, tracker, out_dir)
     seconds = time.perf_counter() - start
-    confusion_KK = evaluate(parts.engine.module, parts.val, device=device, max_batches=cfg.train.eval_max_batches,
-                            scales=cfg.train.eval_scales)
+    confusion_KK = evaluate(parts.engine.module, parts.val, cfg.eval, device=device,
+                            max_batches=cfg.train.eval_max_batches)
     history["evaluations"] = [e for e in history["evaluations"] if e["step"] < cfg.train.iterations]  # a rerun
     history["evaluations"].append(evaluation_record(cfg.train.iterations, confusion_KK))
     tracker.log_evaluation(history["evaluations"][-1], CLASSES)
@@ -163,9 +163,8 @@ def _train(cfg: RunConfig, parts: Parts, device: torch.device, first: int, histo
         evaluation = None
         if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done < cfg.train.iterations:
             with window.paused():
-                confusion_KK = evaluate(parts.engine.module, parts.val, device=device,
-                                        max_batches=cfg.train.eval_max_batches, bad_data=parts.bad_data,
-                                        scales=cfg.train.eval_scales)
+                confusion_KK = evaluate(parts.engine.module, parts.val, cfg.eval, device=device,
+                                        max_batches=cfg.train.eval_max_batches, bad_data=parts.bad_data)
             evaluation = evaluation_record(done, confusion_KK)
             history["evaluations"].append(evaluation)
             tracker.log_evaluation(evaluation, CLASSES)

@@ -2,9 +2,8 @@
 
 ``label_target`` runs on every worker after the run's final evaluation. The split is shared out as evaluation
 shares it (global sample i to rank i % world size, in shard order: every sample exactly once); each rank
-predicts whole images as evaluation does (``Segmentor.segment`` at train.eval_scales: logits at the stored
-size), takes the arg-max
-(pixels whose top softmax probability is under ``label.threshold`` become 255, ignore) and writes its samples,
+predicts as evaluation does (uda_dist.inference.predict as the ``eval`` section says) at the stored image
+size, takes the arg-max (pixels whose top softmax probability is under ``label.threshold`` become 255, ignore) and writes its samples,
 the image as decoded (PNG) with the pseudo-label as its ``label.png``, into shards of its own,
 ``{dataset}-{split}-pseudo-r{rank}-{n}.tar``. Rank 0 gathers every rank's shard index, checks that each
 target sample is there exactly once, and writes the manifest, ``{dataset}-{split}-pseudo.manifest.json``,
@@ -28,6 +27,7 @@ import torch
 from uda_dist.data import schema
 from uda_dist.data.sources import SPLIT_SUFFIX, load_manifest
 from uda_dist.data.webdataset import eval_loader
+from uda_dist.inference import predict
 from uda_dist.dist import collectives
 from uda_dist.errors import RunError
 from uda_dist.naming import join_location
@@ -91,7 +91,8 @@ def label_target(model: torch.nn.Module, cfg: RunConfig, device: torch.device) -
     samples, skipped = [], 0
     for batch in loader:
         skipped += batch.pop("bad_data", {}).get("skipped_samples", 0)
-        probs_BKHW = model.segment(batch["image"].to(device), cfg.train.eval_scales).softmax(dim=1)
+        image_B3HW = batch["image"].to(device)
+        probs_BKHW = predict(model, image_B3HW, cfg.eval, image_B3HW.shape[-2:])
         confidence_BHW, pred_BHW = probs_BKHW.max(dim=1)
         if label.threshold > 0:
             pred_BHW[confidence_BHW < label.threshold] = schema.IGNORE_INDEX

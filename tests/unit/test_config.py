@@ -36,7 +36,7 @@ def test_every_flat_key_round_trips_through_overrides():
 @pytest.mark.parametrize("override, expected", [
     ("optim.lrr=1", "unknown config key 'optim.lrr'"),
     ("optim.lrr=1", "valid: betas, grad_clip, head_lr_mult, lr"),
-    ("nope=1", "valid: data, engine, label, launch, method, model, name, optim, output_dir, seed, tracking, train"),
+    ("nope=1", "valid: data, engine, eval, label, launch, method, model, name, optim, output_dir, seed, tracking, train"),
     ("optim.lr=fast", "bad value for 'optim.lr': 'fast' is not float"),
     ("train.iterations=2.5", "bad value for 'train.iterations'"),
     ("data.loader.flip=maybe", "is not a bool"),

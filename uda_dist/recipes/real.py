@@ -14,6 +14,7 @@ import dataclasses
 from uda_dist.config import RunConfig, TrainConfig
 from uda_dist.data.sources import DataConfig
 from uda_dist.data.webdataset import LoaderConfig
+from uda_dist.inference import EvalConfig
 from uda_dist.methods.base import MethodConfig
 from uda_dist.methods.presets import asanet_adaptation, diga_self_training, diga_warmup, fada_adversarial
 from uda_dist.methods.self_training import SelfTrainingConfig
@@ -271,8 +272,8 @@ def gta_to_cs_asanet_st_deeplabv2() -> PipelineConfig:
 # Its image translator (a GAN trained separately for 50k steps) is replaced by Fourier domain adaptation.
 
 def _diga_pipeline(name: str, base: RunConfig) -> PipelineConfig:
-    train = dataclasses.replace(base.train, iterations=40000, eval_scales=(1.0, 0.5))
-    sections = sections_of(dataclasses.replace(base, train=train))
+    train = dataclasses.replace(base.train, iterations=40000)
+    sections = sections_of(dataclasses.replace(base, train=train, eval=EvalConfig(scales=(1.0, 0.5), combine="max")))
     labelled = LabelConfig(enabled=True)
     return PipelineConfig(name=name, stages=(
         StageConfig(name="warmup", init="config", **{**sections, "method": diga_warmup(), "label": labelled}),
