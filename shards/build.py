@@ -1,16 +1,29 @@
 """Dataset tree -> shards + manifest, in a local folder or under s3://bucket/prefix.
 
 Samples are listed by shards.layouts (sorted keys), loaded and encoded in a process pool (``imap`` keeps the
-order, so the output does not depend on the number of processes), optionally resized (image bilinear, label
-nearest, as DAFormer's pipelines do at load time), and written by uda_dist.data.schema.write_shards, whose fixed
-member order and mtime make a rebuild byte-identical. For an s3:// destination every shard is uploaded as
-soon as it is complete (boto3's managed transfer: multipart, concurrent, retried) from a staging folder and
-deleted there, so the local disk holds only a few shards at a time; the manifest is uploaded last, so its
-presence means the split is complete.
+order, so the output does not depend on the number of processes), and written by
+uda_dist.data.schema.write_shards, whose fixed member order and mtime make a rebuild byte-identical.
+
+Resolution: ``resize`` (H, W) resizes the IMAGES only (bilinear); labels keep their published size (Cityscapes
+2048x1024, ...), the resolution the papers score at, so a resized image's label is larger than it. With
+``resize_labels`` the labels are resized too (nearest, as DAFormer's pipelines do at load time: a training
+split at less disk and IO). Each sample's json records what was done: "orig_size" is the image's published
+[H, W]; "size" the image's as stored; "label_size" the label's as stored, present only where it differs from
+the image's; "label_resized_from" the label file's [H, W], present only where the stored label is not at its
+file's size (--resize-labels, or a size-mismatched GTA5 pair fitted to its image by shards.layouts).
+
+Completeness: a (re)build first removes the split's manifest from the output (local or s3://), before any
+shard is written, and writes the manifest last, so only a build that finished leaves one: a build that fails
+midway leaves shards without a manifest (shards verify says so), never an old manifest beside replaced
+shards. A file that cannot be decoded (empty, truncated, not an image) ends the build with a ValueError
+naming it, raised in the pool's worker and re-raised here. For an s3:// destination every shard is uploaded
+as soon as it is complete (boto3's managed transfer: multipart, concurrent, retried) from a staging folder
+and deleted there, so the local disk holds only a few shards at a time.
 """
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import multiprocessing
@@ -25,6 +38,7 @@ from tqdm import tqdm
 
 from shards import layouts
 from uda_dist.data import s3, schema, synthetic
+from uda_dist.errors import RunError
 
 SYNTHETIC = "synthetic"
 
@@ -41,7 +55,9 @@ class BuildConfig:
     out: str
     """A local folder or s3://bucket/prefix."""
     resize: tuple[int, int] | None = None
-    """(H, W) every image is resized to (label with nearest); None keeps the published size."""
+    """(H, W) every image is resized to (bilinear); None keeps the published size. Labels keep theirs."""
+    resize_labels: bool = False
+    """Resize the labels to ``resize`` too (nearest); needs ``resize``."""
     image_format: str = "png"
     """"png" (lossless) or "jpg" (quality 95)."""
     samples_per_shard: int = 100
@@ -65,6 +81,8 @@ class BuildConfig:
             raise ValueError("samples_per_shard must be >= 1, workers and count >= 0")
         if self.resize is not None and (len(self.resize) != 2 or min(self.resize) < 1):
             raise ValueError(f"resize must be two positive ints (H W), got {self.resize}")
+        if self.resize_labels and self.resize is None:
+            raise ValueError("--resize-labels resizes labels to the --resize H W size: give --resize too")
 
 
 def build(cfg: BuildConfig) -> schema.Manifest:
@@ -73,12 +91,13 @@ def build(cfg: BuildConfig) -> schema.Manifest:
     items = items[: cfg.count or None]
     processes = cfg.workers or os.cpu_count() or 1
     remote = cfg.out.startswith("s3://")
+    remove_manifest(cfg.out, schema.manifest_name(dataset, cfg.split))  # first: the split is incomplete now
     out_dir = tempfile.mkdtemp(prefix="shards-", dir=cfg.staging or None) if remote else cfg.out
     try:
         with multiprocessing.get_context("spawn").Pool(processes) as pool, \
-                _Uploader(cfg.out if remote else None) as uploader:
-            samples = tqdm(pool.imap(encode, items, chunksize=1), total=len(items), unit="img",
-                           desc=f"{dataset}/{cfg.split}")
+                _Uploader(cfg.out if remote else None) as uploader, \
+                tqdm(pool.imap(encode, items, chunksize=1), total=len(items), unit="img",
+                     desc=f"{dataset}/{cfg.split}", disable=None) as samples:  # a bar on a terminal only
             manifest = schema.write_shards(samples, out_dir, dataset=dataset, split=cfg.split, labeled=labeled,
                                            max_per_shard=cfg.samples_per_shard, on_shard=uploader.submit)
         if not remote:
@@ -89,6 +108,27 @@ def build(cfg: BuildConfig) -> schema.Manifest:
     finally:
         if remote:
             shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def remove_manifest(out: str, name: str) -> None:
+    """Remove the manifest ``name`` (and a leftover temporary copy) from the output folder or s3:// prefix
+    ``out``, if there; an s3 endpoint that cannot be reached or refuses is a RunError naming it."""
+    if not out.startswith("s3://"):
+        for path in (os.path.join(out, name), os.path.join(out, name + ".tmp")):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+        return
+    import botocore.exceptions
+
+    url = f"{out.rstrip('/')}/{name}"
+    if not s3.exists(url):  # asked with the probe client: a bad endpoint or bucket fails now, in one line
+        return
+    bucket, key = s3.split_url(url)
+    try:
+        s3.client().delete_object(Bucket=bucket, Key=key)
+    except botocore.exceptions.ClientError as exc:
+        raise RunError(f"cannot remove the old manifest {url} before rebuilding: "
+                       f"{exc.response.get('Error', {}).get('Code')}") from None
 
 
 def _plan(cfg: BuildConfig) -> tuple[str, list[Any], bool, Any]:
@@ -121,13 +161,22 @@ def _encode_synthetic(index: int, *, domain: str, split: str, syn: synthetic.Syn
 
 def _encode(key: str, image_HW3: np.ndarray, label_HW: np.ndarray | None, meta: dict[str, Any],
             cfg: BuildConfig) -> dict[str, Any]:
+    """Resize as configured (the image to cfg.resize; its label only with cfg.resize_labels), then encode."""
     meta["orig_size"] = list(image_HW3.shape[:2])
-    if cfg.resize is not None and tuple(cfg.resize) != image_HW3.shape[:2]:
-        height, width = cfg.resize
-        image_HW3 = np.asarray(Image.fromarray(image_HW3).resize((width, height), Image.BILINEAR))
-        if label_HW is not None:
-            label_HW = np.asarray(Image.fromarray(label_HW).resize((width, height), Image.NEAREST))
+    if cfg.resize is not None:
+        image_HW3 = _resized(image_HW3, cfg.resize, Image.BILINEAR)
+        if label_HW is not None and cfg.resize_labels and label_HW.shape != tuple(cfg.resize):
+            meta.setdefault("label_resized_from", [int(n) for n in label_HW.shape])
+            label_HW = _resized(label_HW, cfg.resize, Image.NEAREST)
     return schema.encode_sample(key, image_HW3, label_HW, meta, image_format=cfg.image_format)
+
+
+def _resized(array: np.ndarray, size: tuple[int, int], resample: int) -> np.ndarray:
+    """The array at (H, W) = size with Pillow's `resample` filter (as it is when already that size)."""
+    height, width = size
+    if array.shape[:2] == (height, width):
+        return array
+    return np.asarray(Image.fromarray(array).resize((width, height), resample))
 
 
 class _Uploader:
@@ -155,5 +204,5 @@ class _Uploader:
         self.pool.shutdown(wait=True)
         errors = [f.exception() for f in self.futures if f.exception() is not None]
         if errors and exc[0] is None:
-            raise RuntimeError(f"{len(errors)} shard uploads failed, the first: {errors[0]!r}") from errors[0]
+            raise OSError(f"{len(errors)} shard uploads failed, the first: {errors[0]}") from errors[0]
 

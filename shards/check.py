@@ -5,6 +5,10 @@ s3:// works as in training), groups members by key, and checks per sample: the s
 iff the split is labeled, json), that it decodes, that the image has the size its json records, that the label
 histogram equals the manifest's, and that the key and byte range equal the manifest's index; per shard, the
 sample count. Shards are checked in parallel processes; every problem is listed, not only the first.
+
+A split is complete when its manifest is there: a build removes it before writing any shard and writes it
+last. verify and stats given a location without a manifest (a split never built, or whose last build did not
+finish) or a folder raise a one-line ValueError saying so, with the shards and manifests found beside it.
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ from uda_dist.data import reading, schema  # reading registers the s3 gopen hand
 
 def verify(location: str, *, workers: int = 0) -> list[str]:
     """Problems found in the split whose manifest is at ``location`` (empty = everything checks out)."""
-    manifest = schema.read_manifest(location)
+    manifest = read_manifest(location)
     jobs = list(zip(manifest.urls(), manifest.shards))
     check = functools.partial(_check_shard, labeled=manifest.labeled)
     with multiprocessing.get_context("spawn").Pool(min(workers or os.cpu_count() or 1, len(jobs))) as pool:
@@ -32,6 +36,31 @@ def verify(location: str, *, workers: int = 0) -> list[str]:
     if manifest.labeled and list(total) != list(manifest.class_pixels):
         problems.append(f"manifest: class_pixels {list(manifest.class_pixels)} != sum of its samples {list(total)}")
     return problems
+
+
+def read_manifest(location: str) -> schema.Manifest:
+    """The manifest at ``location`` (a local path or s3:// URL); a missing one is a ValueError telling an
+    unbuilt or unfinished split (a local folder's shards and manifests are named)."""
+    if location.startswith("s3://"):
+        from uda_dist.data import s3
+
+        if not s3.exists(location):
+            raise ValueError(f"no manifest at {location}: the split was never built or its last build did not "
+                             f"finish (a build writes the manifest last); rebuild it with python -m shards build")
+        return schema.read_manifest(location)
+    if os.path.isdir(location):
+        found = sorted(n for n in os.listdir(location) if n.endswith(schema.MANIFEST_SUFFIX))
+        raise ValueError(f"{location} is a folder: give a split's manifest, "
+                         f"{'one of ' + ', '.join(found) if found else 'none is there'}")
+    if not os.path.isfile(location):
+        stem = os.path.basename(location).removesuffix(schema.MANIFEST_SUFFIX)
+        folder = os.path.dirname(location) or "."
+        shards = [n for n in os.listdir(folder) if n.startswith(f"{stem}-") and n.endswith(".tar")] \
+            if os.path.isdir(folder) else []
+        raise ValueError(f"no manifest at {location}: " + (
+            f"{len(shards)} shards of the split are there without it, so its last build did not finish; "
+            if shards else "the split was never built there; ") + "rebuild it with python -m shards build")
+    return schema.read_manifest(location)
 
 
 def _check_shard(job: tuple[str, schema.ShardInfo], *, labeled: bool) -> list[str]:
@@ -87,7 +116,7 @@ def _read_tar(url: str) -> list[tuple[str, int, int, dict[str, bytes]]]:
 def stats(location: str, *, rcs_temperature: float = 0.01, rcs_min_pixels: int = 3000) -> str:
     """A table of the split's classes: pixel share, samples holding the class, samples above the rare class
     sampling threshold, and the RCS probability at the given temperature."""
-    manifest = schema.read_manifest(location)
+    manifest = read_manifest(location)
     lines = [f"{manifest.dataset}/{manifest.split}: {manifest.num_samples} samples in {len(manifest.shards)} shards, "
              f"{'labeled' if manifest.labeled else 'unlabeled'}"]
     pixels_NK = np.array([s.class_pixels for shard in manifest.shards for s in shard.samples if s.class_pixels],

@@ -8,7 +8,8 @@ Encodings and id tables, per dataset:
   channel in OpenCV's BGR order). Pillow opens these as 8-bit "RGB" keeping only each sample's high byte, so
   every id below 256 reads as 0; read_png16_rgb decodes them exactly with Pillow's own C decoder.
 - Dark Zurich and ACDC: *_gt_labelTrainIds.png, 8-bit single channel, already trainIds (others -> 255).
-Pure numpy + Pillow.
+Every decoder reads the whole file (Pillow decodes lazily; each forces the full decode), so a truncated label
+raises (OSError / SyntaxError from Pillow) instead of giving partial ids. Pure numpy + Pillow.
 """
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ def _read_single_channel(path: str, modes: tuple[str, ...]) -> np.ndarray:
         if im.mode not in modes:
             raise ValueError(f"label {path}: expected an 8-bit single-channel PNG (mode {' or '.join(modes)}), "
                              f"got mode {im.mode!r}; converting it would not give label ids")
+        im.load()  # decode to the last pixel now: a truncated file raises here
         return np.array(im, dtype=np.uint8)
 
 
@@ -73,6 +75,7 @@ def _decode_with_rawmode(data: bytes, rawmode: str, path: str) -> np.ndarray:
         if im.mode != "RGB" or len(im.tile) != 1 or im.tile[0].codec_name != "zip":
             raise ValueError(f"{path}: Pillow opened this RGB PNG as mode {im.mode!r} with tiles {im.tile!r}")
         im.tile = [im.tile[0]._replace(args=(rawmode,))]
+        im.load()  # decode to the last pixel now: a truncated file raises here
         return np.asarray(im)
 
 

@@ -5,28 +5,38 @@ sorted lists of samples (image path, label path, how to decode the label), and t
   synthia     RGB/{stem}.png + GT/LABELS/{stem}.png (16-bit RGB)                  key "{stem}"
   cityscapes  leftImg8bit/{split}/{city}/{id}_leftImg8bit.png
               + gtFine/{split}/{city}/{id}_gtFine_labelIds.png                    key "{city}_{seq}_{frame}"
-  darkzurich  Dark_Zurich_train_anon/rgb_anon/train/{cond}/{seq}/{id}_rgb_anon.png (unlabeled),
+  darkzurich  one folder per archive, as downloaded:
+              Dark_Zurich_train_anon/rgb_anon/train/{cond}/{seq}/{id}_rgb_anon.png (unlabeled),
               Dark_Zurich_val_anon/rgb_anon/val/night/{seq}/{id}_rgb_anon.png
               + Dark_Zurich_val_anon/gt/val/night/{seq}/{id}_gt_labelTrainIds.png key "{cond}-{id}"
+              or unpacked into one folder (mmsegmentation's data/dark_zurich):
+              rgb_anon/{train,val}/{cond}/{seq}/{id}_rgb_anon.png
+              + gt/val/night/{seq}/{id}_gt_labelTrainIds.png                      key "{cond}-{id}"
   acdc        rgb_anon/{cond}/{split}/{seq}/{id}_rgb_anon.png
               + gt/{cond}/{split}/{seq}/{id}_gt_labelTrainIds.png                 key "{cond}-{id}"
 Keys are unique within a split and dot-free (the shard contract); the condition in Dark Zurich / ACDC keys
-keeps an all-conditions split unique. "All conditions" (condition None) means the condition folders present,
-so a partial download (say ACDC fog and night only) works; a condition asked for by name must be there.
+keeps an all-conditions split unique. A Dark Zurich root's layout is told by its top folders:
+Dark_Zurich_{train,val}_anon/ (per archive) or rgb_anon/ and gt/ (unpacked); both or neither is an error
+naming what was looked for. Either way the keys are the same (only the recorded relpath differs).
+"All conditions" (condition None) means the condition folders present, so a partial download (say ACDC fog
+and night only) works; a condition asked for by name must be there.
 Cityscapes test, Dark Zurich train and ACDC test have no public labels: they are listed unlabeled. Only files
 with the suffixes above, exactly that many folders down, are matched, so the siblings that are not labels to
 train on (Cityscapes *_color / *_instanceIds / *_polygons.json and its dummy test labels, ACDC / Dark Zurich
-*_labelColor / *_labelIds / *_invIds, ACDC *_ref folders, Dark Zurich corresp/) are never read. Anything
-else that breaks the layout (a missing folder, an image without its label or the reverse, a dot in a key, a
-duplicate key, an empty split) raises ValueError naming the path.
+*_labelColor / *_labelIds / *_invIds, ACDC *_ref folders, Dark Zurich corresp/, gps/ and val_ref/) are never
+read. Anything else that breaks the layout (a missing folder, an image without its label or the reverse, a
+dot in a key, a duplicate key, an empty split) raises ValueError naming the path; so does an image or label
+file that cannot be decoded to its last pixel (empty, truncated, not an image): load_sample decodes fully.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
+import struct
+import zlib
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from shards import labels as label_files
 
@@ -38,6 +48,12 @@ _SPLIT_CONDITIONS = {("darkzurich", "val"): ("night",)}
 """Splits that hold only some of their layout's conditions."""
 _UNLABELED = {("cityscapes", "test"), ("darkzurich", "train"), ("acdc", "test")}
 RGB_ANON, TRAINIDS = "_rgb_anon.png", "_gt_labelTrainIds.png"
+DARKZURICH_ARCHIVES = ("Dark_Zurich_train_anon", "Dark_Zurich_val_anon")
+"""Top folders of a Dark Zurich root kept one folder per archive."""
+DARKZURICH_UNPACKED = ("rgb_anon", "gt")
+"""Top folders of a Dark Zurich root unpacked into one folder (mmsegmentation's data/dark_zurich)."""
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, zlib.error, struct.error)
+"""What Pillow (and shards.labels) raise for a file that is missing, empty, truncated or not an image."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -112,7 +128,7 @@ def list_samples(layout: str, root: str, split: str, *, condition: str | None = 
     wanted = _check_condition(layout, split, condition)
     if not os.path.isdir(root):
         raise ValueError(f"dataset root {root!r} is not a folder: point it at the {layout} dataset root "
-                         f"(the folder that holds the published layout: python -m shards --help)")
+                         f"(the folder that holds the published layout: python -m shards build --help)")
     labeled, root = labels and (layout, split) not in _UNLABELED, os.path.abspath(root)
     folders = [_folder(layout, root, split, cond) for cond in wanted]
     if condition is None and len(folders) > 1:
@@ -146,12 +162,29 @@ def _folder(layout: str, root: str, split: str, cond: str | None) -> _Folder:
                        labels=j(root, "gtFine", split), label_suffix="_gtFine_labelIds.png", depth=1,
                        decoder="cityscapes")
     if layout == "darkzurich":
-        base = j(root, f"Dark_Zurich_{split}_anon")
+        base = root if darkzurich_layout(root) == "unpacked" else j(root, f"Dark_Zurich_{split}_anon")
         images, labels = j(base, "rgb_anon", split, cond), j(base, "gt", split, cond)
     else:
         images, labels = j(root, "rgb_anon", cond, split), j(root, "gt", cond, split)
     return _Folder(key_prefix=f"{cond}-", images=images, image_suffix=RGB_ANON, labels=labels,
                    label_suffix=TRAINIDS, depth=1, decoder="trainid")
+
+
+def darkzurich_layout(root: str) -> str:
+    """"archives" (Dark_Zurich_{train,val}_anon/ under root) or "unpacked" (rgb_anon/, gt/ under root);
+    ValueError naming the folders looked for when root holds both or neither."""
+    def present(names: tuple[str, ...]) -> list[str]:
+        return [f"{name}/" for name in names if os.path.isdir(os.path.join(root, name))]
+
+    archives, unpacked = present(DARKZURICH_ARCHIVES), present(DARKZURICH_UNPACKED)
+    if archives and unpacked:
+        raise ValueError(f"darkzurich root {root} holds both layouts: {' and '.join(archives)} (one folder per "
+                         f"archive) and {' and '.join(unpacked)} (unpacked); keep one of them")
+    if not archives and not unpacked:
+        raise ValueError(f"darkzurich root {root} holds neither Dark_Zurich_train_anon/ or Dark_Zurich_val_anon/ "
+                         f"(one folder per archive) nor rgb_anon/ and gt/ (unpacked, as mmsegmentation's "
+                         f"data/dark_zurich)")
+    return "archives" if archives else "unpacked"
 
 
 def _folder_samples(folder: _Folder, root: str) -> list[SourceSample]:
@@ -180,7 +213,7 @@ def _folder_samples(folder: _Folder, root: str) -> list[SourceSample]:
 def _find(top: str, suffix: str, depth: int) -> dict[str, str]:
     """{relative path without suffix: path} of the files named *{suffix} exactly `depth` folders below top."""
     if not os.path.isdir(top):
-        raise ValueError(f"expected folder {top} is missing (the published layout: shards/layouts.py)")
+        raise ValueError(f"expected folder {top} is missing (the published layouts: python -m shards build --help)")
     folders = [""]
     for _ in range(depth):
         folders = [os.path.join(rel, entry.name) for rel in folders for entry in os.scandir(os.path.join(top, rel))
@@ -192,18 +225,44 @@ def _find(top: str, suffix: str, depth: int) -> dict[str, str]:
 
 def load_sample(sample: SourceSample) -> tuple[np.ndarray, np.ndarray | None, dict]:
     """(image uint8 HxWx3, trainIds uint8 HxW or None, meta). A label whose size differs from its image's
-    (some GTA5 pairs) is resized to the image with nearest; meta["label_resized_from"] = its [H, W]."""
-    with Image.open(sample.image) as image:
-        image_HW3 = np.array(image.convert("RGB"))
+    (some GTA5 pairs) is resized to the image with nearest; meta["label_resized_from"] = its [H, W]. Every
+    other label keeps its published size. A file that cannot be decoded raises ValueError naming it."""
+    image_HW3 = _decoded(sample.image, "image", read_image)
     meta: dict = {"relpath": sample.relpath}
     if sample.label is None:
         return image_HW3, None, meta
     if sample.decoder not in label_files.DECODERS:
         raise ValueError(f"sample {sample.key!r}: unknown label decoder {sample.decoder!r}; valid: "
                          f"{', '.join(label_files.DECODERS)}")
-    label_HW = label_files.DECODERS[sample.decoder](sample.label)
+    label_HW = _decoded(sample.label, "label", label_files.DECODERS[sample.decoder])
     if label_HW.shape != image_HW3.shape[:2]:
         meta["label_resized_from"] = [int(n) for n in label_HW.shape]
         height, width = image_HW3.shape[:2]
         label_HW = np.array(Image.fromarray(label_HW).resize((width, height), Image.NEAREST))
     return image_HW3, label_HW, meta
+
+
+def read_image(path: str) -> np.ndarray:
+    """The image as uint8 HxWx3, decoded to its last pixel (Pillow decodes lazily: load() forces it, so a
+    truncated file fails here rather than later, or not at all)."""
+    with Image.open(path) as image:
+        image.load()
+        return np.array(image.convert("RGB"))
+
+
+def _decoded(path: str, kind: str, read) -> np.ndarray:
+    """read(path); a file that cannot be decoded -> one-line ValueError "{kind} {path} cannot be decoded: why"."""
+    try:
+        return read(path)
+    except _DECODE_ERRORS as exc:
+        if isinstance(exc, ValueError) and path in str(exc):
+            raise  # shards.labels' refusals (a converting mode, not a PNG) name the file already
+        if not os.path.isfile(path):
+            reason = "the file is missing"
+        elif os.path.getsize(path) == 0:
+            reason = "the file is empty (0 bytes)"
+        elif isinstance(exc, UnidentifiedImageError):
+            reason = "not an image file Pillow can identify"
+        else:
+            reason = (str(exc).replace(repr(path), "").strip().splitlines() or [""])[0] or type(exc).__name__
+        raise ValueError(f"{kind} {path} cannot be decoded: {reason}") from exc

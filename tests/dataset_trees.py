@@ -6,9 +6,10 @@ must produce:
   {(split, condition): {key: Expected(image uint8 HxWx3, label uint8 HxW trainIds or None)}}
 with condition None for layouts without conditions; for Dark Zurich and ACDC the (split, None) entry holds all
 conditions together (what list_samples(..., condition=None) lists). `label` is None for splits without public
-labels. Expected labels are computed here from the id tables of DATASETS.md, written out again on purpose,
-independently of shards.labels; the one size-mismatched GTA5 pair (GTA5_MISMATCHED) expects its label
-nearest-resized to the image, computed without Pillow.
+labels. Expected labels are computed here from the published id tables (Cityscapes labelId and SYNTHIA class
+id -> trainId), written out again on purpose, independently of shards.labels; the one size-mismatched GTA5
+pair (GTA5_MISMATCHED) expects its label nearest-resized to the image, computed without Pillow. Dark Zurich
+has a maker per accepted layout (DARKZURICH_MAKERS: one folder per archive, or unpacked as mmsegmentation's).
 
 SYNTHIA's labels are 16-bit-per-channel RGB PNGs, which Pillow cannot write: write_png16_rgb encodes them
 with numpy + zlib, using all five PNG row filters (None, Sub, Up, Average, Paeth) and optionally Adam7
@@ -273,22 +274,38 @@ def _with_all_conditions(tree: Tree) -> Tree:
     return {**tree, **merged}
 
 
-def make_darkzurich_tree(root: str, rng: np.random.Generator) -> Tree:
-    """`root` holds Dark_Zurich_train_anon/rgb_anon/train/{night,twilight,day}/GOPRxxxx/ (unlabeled; a
-    corresp/ csv decoy) and Dark_Zurich_val_anon/{rgb_anon,gt}/val/night/GOPR0356/ (labelTrainIds)."""
-    train_frames = {"night": (("GOPR0351", 159), ("GOPR0351", 160), ("GOPR0355", 7)),
-                    "twilight": (("GOPR0348", 21), ("GOPR0348", 22)), "day": (("GOPR0346", 1), ("GOPR0347", 5))}
+DARKZURICH_TRAIN_FRAMES = {"night": (("GOPR0351", 159), ("GOPR0351", 160), ("GOPR0355", 7)),
+                           "twilight": (("GOPR0348", 21), ("GOPR0348", 22)),
+                           "day": (("GOPR0346", 1), ("GOPR0347", 5))}
+DARKZURICH_VAL_FRAMES = (("GOPR0356", 321), ("GOPR0356", 322))
+
+
+def make_darkzurich_tree(root: str, rng: np.random.Generator, *, unpacked: bool = False) -> Tree:
+    """One folder per archive: `root` holds Dark_Zurich_train_anon/rgb_anon/train/{night,twilight,day}/GOPRxxxx/
+    (unlabeled; a corresp/ csv decoy) and Dark_Zurich_val_anon/{rgb_anon,gt}/val/night/GOPR0356/
+    (labelTrainIds). unpacked=True: the same frames unpacked into `root` (mmsegmentation's data/dark_zurich):
+    rgb_anon/{train,val}/..., gt/val/night/..., corresp/, with gps/ and rgb_anon/val_ref/ decoys."""
+    train_base, val_base = ("", "") if unpacked else ("Dark_Zurich_train_anon/", "Dark_Zurich_val_anon/")
     tree: Tree = {}
-    for condition, frames in train_frames.items():
+    for condition, frames in DARKZURICH_TRAIN_FRAMES.items():
         tree[("train", condition)] = _write_sequence_frames(
-            root, f"Dark_Zurich_train_anon/rgb_anon/train/{condition}", None, condition, frames, rng)
-    corresp = os.path.join(root, "Dark_Zurich_train_anon", "corresp", "train", "night", "GOPR0351.csv")
+            root, f"{train_base}rgb_anon/train/{condition}", None, condition, frames, rng)
+    corresp = os.path.join(root, train_base, "corresp", "train", "night", "GOPR0351.csv")
     with open(_mkdirs(corresp), "w") as f:
         f.write("GOPR0351_frame_000159_rgb_anon,GOPR0346_frame_000001_rgb_anon\n")
-    tree[("val", "night")] = _write_sequence_frames(root, "Dark_Zurich_val_anon/rgb_anon/val/night",
-                                                    "Dark_Zurich_val_anon/gt/val/night", "night",
-                                                    (("GOPR0356", 321), ("GOPR0356", 322)), rng)
+    tree[("val", "night")] = _write_sequence_frames(root, f"{val_base}rgb_anon/val/night",
+                                                    f"{val_base}gt/val/night", "night", DARKZURICH_VAL_FRAMES, rng)
+    if unpacked:
+        _save(os.path.join(root, "rgb_anon", "val_ref", "day", "GOPR0356_ref",
+                           "GOPR0356_ref_frame_000321_ref_rgb_anon.png"), _random_image(rng, 12, 16))
+        with open(_mkdirs(os.path.join(root, "gps", "val", "night", "GOPR0356.csv")), "w") as f:
+            f.write("47.37,8.54\n")
     return _with_all_conditions(tree)
+
+
+def make_darkzurich_unpacked_tree(root: str, rng: np.random.Generator) -> Tree:
+    """make_darkzurich_tree with everything unpacked into `root` (rgb_anon/ and gt/ directly under it)."""
+    return make_darkzurich_tree(root, rng, unpacked=True)
 
 
 def make_acdc_tree(root: str, rng: np.random.Generator) -> Tree:
@@ -310,5 +327,7 @@ def make_acdc_tree(root: str, rng: np.random.Generator) -> Tree:
 
 
 MAKERS = {"gta5": make_gta5_tree, "synthia": make_synthia_tree, "cityscapes": make_cityscapes_tree,
-                 "darkzurich": make_darkzurich_tree, "acdc": make_acdc_tree}
+          "darkzurich": make_darkzurich_tree, "acdc": make_acdc_tree}
 """make_<layout>_tree by layout name (shards.layouts.LAYOUTS)."""
+DARKZURICH_MAKERS = {"archives": make_darkzurich_tree, "unpacked": make_darkzurich_unpacked_tree}
+"""The two Dark Zurich layouts shards.layouts accepts, by shards.layouts.darkzurich_layout's name."""

@@ -78,7 +78,8 @@ def test_rebuilds_are_byte_identical_whatever_the_processes(trees, tmp_path):
 
 def test_resize_and_jpeg(trees, tmp_path):
     root, tree = trees["cityscapes"]
-    assert build("cityscapes", root, "val", None, tmp_path, "--resize", "6", "8", "--image-format", "jpg") == 0
+    assert build("cityscapes", root, "val", None, tmp_path, "--resize", "6", "8", "--resize-labels",
+                 "--image-format", "jpg") == 0
     _, samples = read_back(str(tmp_path / f"cityscapes-val{schema.MANIFEST_SUFFIX}"))
     for key, (image, label, meta) in samples.items():
         assert image.shape == (6, 8, 3) and label.shape == (6, 8) and meta["orig_size"] == [12, 16]

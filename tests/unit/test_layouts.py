@@ -91,6 +91,16 @@ def test_keys_follow_each_layouts_convention(built):
     assert {k.split("-")[0] for k in keys("darkzurich", "train")} == {"night", "twilight", "day"}
 
 
+def test_labels_keep_their_published_size(built):
+    """Only the size-mismatched GTA5 pair is fitted to its image; every other label comes out as published."""
+    for layout in layouts.LAYOUTS:
+        for split in layouts.splits(layout):
+            for sample in layouts.list_samples(layout, built[layout][0], split):
+                if sample.label is not None and (layout, sample.key) != ("gta5", *trees.GTA5_MISMATCHED):
+                    with Image.open(sample.label) as raw:
+                        assert layouts.load_sample(sample)[1].shape == raw.size[::-1], (layout, sample.key)
+
+
 def test_unlabeled_splits_and_labels_false_give_no_label(built, tmp_path):
     for layout, split in (("cityscapes", "test"), ("darkzurich", "train"), ("acdc", "test")):
         assert all(s.label is None for s in layouts.list_samples(layout, built[layout][0], split)), layout
@@ -109,6 +119,103 @@ def test_size_mismatched_gta5_label_is_resized_nearest_and_recorded(built):
     image, label, meta = layouts.load_sample(sample)
     assert image.shape[:2] == label.shape == (height, width) and meta["label_resized_from"] == [label_h, label_w]
     np.testing.assert_array_equal(label, trees.nearest_resize(labels.gta5_label(sample.label), height, width))
+
+
+# ---------------------------------------------------------------- Dark Zurich: per archive or unpacked
+
+DZ_CASES = [("train", None), ("train", "night"), ("train", "twilight"), ("train", "day"), ("val", None),
+            ("val", "night")]
+
+
+@pytest.mark.parametrize("dz_layout", sorted(trees.DARKZURICH_MAKERS))
+def test_darkzurich_reads_either_layout_with_the_same_keys(tmp_path, dz_layout):
+    root = str(tmp_path / dz_layout)
+    tree = trees.DARKZURICH_MAKERS[dz_layout](root, np.random.default_rng(5))
+    assert layouts.darkzurich_layout(root) == dz_layout
+    top = sorted(os.listdir(root))
+    assert top == (["Dark_Zurich_train_anon", "Dark_Zurich_val_anon"] if dz_layout == "archives"
+                   else ["corresp", "gps", "gt", "rgb_anon"])
+    for split, condition in DZ_CASES:
+        samples = layouts.list_samples("darkzurich", root, split, condition=condition)
+        assert [s.key for s in samples] == sorted(tree[(split, condition)])
+        for sample in samples:
+            image, label, _ = layouts.load_sample(sample)
+            want = tree[(split, condition)][sample.key]
+            np.testing.assert_array_equal(image, want.image)
+            assert (label is None) == (want.label is None) == (split == "train")
+            if label is not None:
+                np.testing.assert_array_equal(label, want.label)
+    val = layouts.list_samples("darkzurich", root, "val")[0]
+    prefix = "Dark_Zurich_val_anon/" if dz_layout == "archives" else ""
+    assert val.relpath == f"{prefix}rgb_anon/val/night/GOPR0356/GOPR0356_frame_000321_rgb_anon.png"
+    assert val.label == os.path.join(root, f"{prefix}gt/val/night/GOPR0356/GOPR0356_frame_000321_gt_labelTrainIds.png")
+
+
+def test_darkzurich_root_with_both_layouts_or_neither_is_one_line_naming_the_folders(tmp_path):
+    root, _ = _tree(tmp_path, "darkzurich")
+    os.makedirs(os.path.join(root, "rgb_anon", "val", "night"))
+    with pytest.raises(ValueError, match=r"^darkzurich root .* holds both layouts: Dark_Zurich_train_anon/ and "
+                                         r"Dark_Zurich_val_anon/ \(one folder per archive\) and rgb_anon/ "
+                                         r"\(unpacked\); keep one of them$") as both:
+        layouts.list_samples("darkzurich", root, "val")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "README.txt").write_text("not dark zurich")
+    with pytest.raises(ValueError, match=r"^darkzurich root .*empty holds neither Dark_Zurich_train_anon/ or "
+                                         r"Dark_Zurich_val_anon/ .* nor rgb_anon/ and gt/ .*mmsegmentation") as neither:
+        layouts.list_samples("darkzurich", str(empty), "train")
+    assert "\n" not in str(both.value) + str(neither.value)
+
+
+def test_darkzurich_unpacked_with_a_missing_folder_names_it(tmp_path):
+    root = str(tmp_path / "dz")
+    trees.make_darkzurich_unpacked_tree(root, np.random.default_rng(0))
+    shutil.rmtree(os.path.join(root, "gt"))
+    with pytest.raises(ValueError, match=r"expected folder .*dz/gt/val/night is missing"):
+        layouts.list_samples("darkzurich", root, "val")
+    assert len(layouts.list_samples("darkzurich", root, "train")) == 7  # rgb_anon/ alone is the unpacked layout
+
+
+# ---------------------------------------------------------------- files that cannot be decoded
+
+def _truncate(path: str, keep: float = 0.5) -> None:
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[:int(len(data) * keep)])
+
+
+DAMAGES = {"truncated": _truncate, "empty": lambda p: open(p, "wb").close(),
+           "not an image": lambda p: open(p, "wb").write(b"<html>404 Not Found</html>\n")}
+REASONS = {"truncated": ".*([Tt]runcated|broken)", "empty": r"the file is empty \(0 bytes\)",
+           "not an image": "not an image file Pillow can identify"}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+@pytest.mark.parametrize("layout,member", [("cityscapes", "image"), ("cityscapes", "label"),
+                                           ("synthia", "label"), ("gta5", "label"), ("acdc", "label")])
+def test_a_file_that_cannot_be_decoded_is_one_line_naming_it(tmp_path, layout, member, damage):
+    root, _ = _tree(tmp_path, layout)
+    sample = layouts.list_samples(layout, root, layouts.splits(layout)[0])[-1]
+    path = getattr(sample, member)
+    DAMAGES[damage](path)
+    with pytest.raises(ValueError) as error:
+        layouts.load_sample(sample)
+    message = str(error.value)
+    assert path in message and "\n" not in message
+    if (layout, damage) != ("synthia", "empty") and (layout, damage) != ("synthia", "not an image"):
+        assert re.search(rf"^{member} {re.escape(path)} cannot be decoded: ({REASONS[damage]})", message), message
+    else:  # the 16-bit reader checks the PNG signature itself
+        assert "is not a PNG file" in message
+
+
+def test_a_label_cut_short_is_not_read_as_partial_ids(tmp_path):
+    """Pillow decodes lazily: the label decoders force the full decode, so a cut file raises, naming it."""
+    path = str(tmp_path / "l_gt_labelTrainIds.png")
+    Image.fromarray(np.random.default_rng(0).integers(0, 19, (64, 80), dtype=np.uint8)).save(path)
+    _truncate(path, 0.6)
+    with pytest.raises(OSError, match="truncated"):
+        labels.trainid_label(path)
+    with pytest.raises(ValueError, match=rf"label {re.escape(path)} cannot be decoded: image file is truncated"):
+        layouts._decoded(path, "label", labels.trainid_label)
 
 
 # ---------------------------------------------------------------- label decoding
@@ -163,7 +270,7 @@ def test_synthia_labels_map_the_r_channel_and_plain_pillow_would_be_wrong(built)
         assert (naive != want.label).mean() > 0.5, key
 
 
-def test_lookup_tables_match_datasets_md():
+def test_lookup_tables_match_the_published_id_tables():
     cityscapes, synthia = labels.CITYSCAPES_LABELID_TO_TRAINID, labels.SYNTHIA_ID_TO_TRAINID
     for table, mapping in ((cityscapes, trees.CITYSCAPES_TRAIN), (synthia, trees.SYNTHIA_TRAIN)):
         assert table.dtype == np.uint8 and table.shape == (256,)

@@ -64,11 +64,12 @@ def random_scale_crop_flip(image_HW3: np.ndarray, label_HW: np.ndarray | None, *
 
 def _resize(image_HW3: np.ndarray, label_HW: np.ndarray | None,
             size_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None]:
-    if image_HW3.shape[:2] == size_hw:
-        return image_HW3, label_HW
+    """Image (bilinear) and label (nearest) to ``size_hw``, each only when it is not that size already (a label
+    stored at the published resolution of a resized image differs from its image)."""
     pil_size = (size_hw[1], size_hw[0])
-    image_HW3 = np.asarray(Image.fromarray(image_HW3).resize(pil_size, Image.Resampling.BILINEAR))
-    if label_HW is not None:
+    if image_HW3.shape[:2] != size_hw:
+        image_HW3 = np.asarray(Image.fromarray(image_HW3).resize(pil_size, Image.Resampling.BILINEAR))
+    if label_HW is not None and label_HW.shape != size_hw:
         label_HW = np.asarray(Image.fromarray(label_HW).resize(pil_size, Image.Resampling.NEAREST))
     return image_HW3, label_HW
 

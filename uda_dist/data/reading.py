@@ -155,10 +155,12 @@ def decoded(raw: dict[str, Any], *, labeled: bool) -> tuple[np.ndarray, np.ndarr
     return image_HW3, label_HW, meta
 
 
-def recorded_size(raw: dict[str, Any]) -> tuple[int, int] | None:
-    """The image size a sample's json recorded, or None when it cannot be read."""
+def recorded_size(raw: dict[str, Any], member: str = "size") -> tuple[int, int] | None:
+    """The image size a sample's json recorded (``member="label_size"``: its label's, when that differs; else
+    the image's), or None when it cannot be read."""
     try:
-        height, width = json.loads(raw["json"])["size"]
+        meta = json.loads(raw["json"])
+        height, width = meta.get(member, meta["size"])
         return int(height), int(width)
     except Exception:  # noqa: BLE001
         return None

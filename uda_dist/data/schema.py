@@ -2,8 +2,11 @@
 
 A sample is consecutive tar members sharing a key (the conventions below):
   {key}.png or {key}.jpg   the RGB image
-  {key}.label.png          single-channel 8-bit trainIds, 255 = ignore (absent for unlabeled data)
-  {key}.json               dataset, split, original path, size [H, W], class pixel histogram
+  {key}.label.png          single-channel 8-bit trainIds, 255 = ignore (absent for unlabeled data), at the
+                           image's size or another: a split built with its images resized keeps its labels
+                           at the published resolution, which the papers score at (label_size in the json)
+  {key}.json               dataset, split, original path, size [H, W] of the image, label_size [H, W] when the
+                           label's differs, class pixel histogram (of the label as stored)
 Shards are plain tar files written by webdataset's TarWriter with a fixed mtime and a fixed member order,
 so a rebuild is byte-identical. A manifest (JSON) per dataset split lists the shards (URLs relative to the
 manifest's folder, or absolute), their sample counts, the split's class pixel histogram and, per sample, its
@@ -73,9 +76,9 @@ def encode_sample(key: str, image_HW3: np.ndarray, label_HW: np.ndarray | None,
         raise SchemaError(f"image_format must be one of {IMAGE_EXTS}, got {image_format!r}")
     sample = {"__key__": key, image_format: image_bytes}
     if label_HW is not None:
-        if label_HW.dtype != np.uint8 or label_HW.shape != image_HW3.shape[:2]:
-            raise SchemaError(f"sample {key!r}: label must be uint8 of the image's size "
-                              f"{image_HW3.shape[:2]}, got {label_HW.dtype} {label_HW.shape}")
+        check_label_size(key, label_HW, image_HW3.shape[:2])
+        if label_HW.shape != image_HW3.shape[:2]:
+            meta["label_size"] = [int(label_HW.shape[0]), int(label_HW.shape[1])]
         sample[LABEL_EXT] = encode_png(label_HW)
         meta["class_hist"] = class_histogram(label_HW)
     sample["json"] = json.dumps(meta, sort_keys=True).encode()
@@ -104,9 +107,19 @@ def decode_sample(sample: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None
     image = decode_image(sample[exts[0]])
     label = decode_label(sample[LABEL_EXT]) if LABEL_EXT in sample else None
     meta = json.loads(sample["json"]) if "json" in sample else {}
-    if label is not None and label.shape != image.shape[:2]:
-        raise SchemaError(f"sample {key!r}: label {label.shape} and image {image.shape[:2]} differ in size")
+    if label is not None:
+        check_label_size(key, label, image.shape[:2])
+        if list(label.shape) != list(meta.get("label_size", image.shape[:2])):
+            raise SchemaError(f"sample {key!r}: label is {label.shape}, its json says {meta.get('label_size')}")
     return image, label, meta
+
+
+def check_label_size(key: str, label_HW: np.ndarray, image_hw: tuple[int, int]) -> None:
+    """A label is uint8 HxW, at the image's size or at another (the published resolution of a resized image:
+    training resizes it to the image, scoring upsamples the prediction to it)."""
+    if label_HW.dtype != np.uint8 or label_HW.ndim != 2 or min(label_HW.shape) < 1:
+        raise SchemaError(f"sample {key!r}: label must be uint8 HxW, got {label_HW.dtype} {label_HW.shape} "
+                          f"(image {tuple(image_hw)})")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

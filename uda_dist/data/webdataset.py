@@ -164,7 +164,10 @@ def train_loader(split: list[str] | schema.Manifest, *, cfg: LoaderConfig, label
 def eval_loader(urls: list[str], *, cfg: LoaderConfig, rank: int = 0, world_size: int = 1,
                 labeled: bool = True) -> torch.utils.data.DataLoader:
     """Full-size, un-augmented batches of this rank's share of the split: "image" float32 [B, 3, H, W] in
-    [0, 1], "label" int64 [B, H, W], "key" list[str], "valid" bool [B]. Every sample is valid on exactly one
+    [0, 1], "label" int64 [B, H', W'] (as stored: the image's size, or the published resolution of an image
+    the shards hold resized), "key" list[str], "valid" bool [B], "relpath" list[str] (the image's path in its
+    dataset, the key when unrecorded), "orig_size" list[(H, W)] (its published size, before any resize at
+    build time). Every sample is valid on exactly one
     rank; every rank yields the same number of batches (padded items have valid=False: leave them out of
     metrics). Each iteration is a fresh pass in shard order. Raises schema.SchemaError for a sample
     without a label; with labeled=False no label is read and batches have none (labelling a split)."""
@@ -297,8 +300,9 @@ def _eval_sample(item: tuple[dict[str, Any], bool], *, bad: BadData, labeled: bo
     """A decoded evaluation sample. Under bad_data="skip" an unusable one becomes a placeholder of its recorded
     size that counts nowhere (valid=False), so every rank still yields the same number of batches."""
     raw, valid = item
+    meta: dict[str, Any] = {}
     try:
-        image_HW3, label_HW, _ = decoded(raw, labeled=labeled)
+        image_HW3, label_HW, meta = decoded(raw, labeled=labeled)
     except Exception as exc:  # noqa: BLE001
         size = recorded_size(raw)
         if valid:  # a padding copy of an unusable last sample was counted by its owner
@@ -307,10 +311,13 @@ def _eval_sample(item: tuple[dict[str, Any], bool], *, bad: BadData, labeled: bo
             raise schema.SchemaError(f"evaluation sample {raw.get('__key__')!r} in {raw.get('__url__')} is unusable "
                                      f"and records no size to stand in for it: {exc!r}") from exc
         image_HW3 = np.zeros((*size, 3), dtype=np.uint8)
-        label_HW, valid = np.full(size, schema.IGNORE_INDEX, dtype=np.uint8) if labeled else None, False
+        label_size = recorded_size(raw, "label_size")
+        label_HW, valid = np.full(label_size, schema.IGNORE_INDEX, dtype=np.uint8) if labeled else None, False
     else:
         bad.good()
-    return {"key": raw["__key__"], "image": image_HW3, "label": label_HW, "valid": valid}
+    published = meta.get("orig_size", image_HW3.shape[:2])
+    return {"key": raw["__key__"], "image": image_HW3, "label": label_HW, "valid": valid,
+            "relpath": str(meta.get("relpath", raw["__key__"])), "orig_size": (int(published[0]), int(published[1]))}
 
 
 def _collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -326,4 +333,6 @@ def _collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
         batch["label"] = torch.from_numpy(np.stack([s["label"] for s in samples])).long()
     if "valid" in samples[0]:
         batch["valid"] = torch.tensor([s["valid"] for s in samples], dtype=torch.bool)
+        batch["relpath"] = [s["relpath"] for s in samples]
+        batch["orig_size"] = [s["orig_size"] for s in samples]
     return batch
