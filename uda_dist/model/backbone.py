@@ -4,19 +4,24 @@ Shapes: B batch, H,W image, h,w feature grid of one level, C channels of one lev
 
 What it provides, and what differs on purpose from the reference code:
 - DAFormer (Hoyer et al., CVPR 2022; lhoyer/DAFormer) and SePiCo (BIT-DA/SePiCo) use SegFormer's MiT-B5 or
-  a ResNet-101 (ResNetV1c, dilations (1, 1, 2, 4)) from mmseg. timm has no MiT; ``pvt_v2_b5`` is its closest
-  relative (same stage channels 64/128/320/512, strides 4/8/16/32). DeepLab-V2's output stride 8 is timm's
-  ``output_stride=8``, which dilates the last two ResNet stages instead of striding them.
+  a ResNet-101 (ResNetV1c, dilations (1, 1, 2, 4)) from mmseg. timm has no model named MiT, but its
+  ``pvt_v2_b5`` is MiT-B5's architecture exactly and SegFormer's ``mit_b5.pth`` loads into it (see
+  uda_dist/model/weights.py for the renames and how they were checked); mmseg's ResNetV1c is timm's
+  ``resnet101c``, torchvision's ResNet-101 (FADA) timm's ``resnet101``. DeepLab-V2's output stride 8 is
+  timm's ``output_stride=8``, which dilates the last two ResNet stages instead of striding them.
 - Always the LAST FOUR feature levels (``out_indices=(-4, -3, -2, -1)``): ResNets, EfficientNets and
   MobileNets expose 5 levels (strides 2..32), ConvNeXt and PVTv2 expose 4 (strides 4..32). Heads see
   exactly four levels; the lowest stride is that of the first of them (4 for all families above).
 - Weights never come from a hub: ``pretrained=False`` is always passed to timm, and ``load_backbone_weights``
-  reads a local ``.pth``/``.pt`` (``torch.load(weights_only=True)``) or ``.safetensors`` file. A classifier
-  checkpoint of the same timm architecture loads: classifier keys are reported as unexpected, and timm's
-  ``features_only`` renames (``stages.0`` -> ``stages_0`` for flattened sequentials such as ConvNeXt and
-  PVTv2; a ``model.`` prefix for getter-wrapped models such as ViT) are undone by trying candidate names.
-  Loading fails loudly when less than ``min_loaded_fraction`` of the backbone's tensors match by name and
-  shape (default 0.9: a half-loaded backbone is a silent bug, not a warning).
+  reads a local ``.pth``/``.pt`` (``torch.load(weights_only=True)``) or ``.safetensors`` file. A file in a
+  layout the papers publish (SegFormer MiT, mmseg ResNetV1c, torchvision ResNet; recognised by its keys) is
+  renamed to timm's names and must fill the backbone exactly: every backbone tensor, every file entry but
+  the classifier. Any other file is taken as timm-named: a classifier checkpoint of the same timm
+  architecture loads (classifier keys reported as unexpected), and it fails loudly when less than
+  ``min_loaded_fraction`` of the backbone's tensors match by name and shape (default 0.9: a half-loaded
+  backbone is a silent bug, not a warning). Either way timm's ``features_only`` renames (``stages.0`` ->
+  ``stages_0`` for flattened sequentials such as ConvNeXt and PVTv2; a ``model.`` prefix for getter-wrapped
+  models such as ViT) are undone by trying candidate names.
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ import torch
 from torch import nn
 
 from uda_dist import safe_load
+from uda_dist.model import weights
 
 from uda_dist._compat import ensure_torchvision_importable
 
@@ -122,6 +128,8 @@ class LoadReport:
     """File entries no backbone tensor used (e.g. the classifier of a classification checkpoint)."""
     missing_keys: tuple[str, ...] = ()
     """Names of the missing and mismatched tensors (first 20)."""
+    format: str = "timm"
+    """The file's layout (``uda_dist.model.weights.FORMATS``), recognised by its keys."""
 
 
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
@@ -161,32 +169,111 @@ def _candidate_names(key: str) -> Iterator[str]:
                 yield f"{head[:i]}.{head[i + 1:]}{sep}{rest}"
 
 
-def load_backbone_weights(backbone: Backbone, path: str, *, min_loaded_fraction: float = 0.9) -> LoadReport:
-    """Copy matching tensors of ``path`` into ``backbone``; raise if too few match. Returns the counts."""
-    source = read_state_dict(path)
-    target = backbone.model.state_dict()
+@dataclasses.dataclass(frozen=True)
+class TensorMatch:
+    """How a backbone's tensors pair with a timm-named state dict, by name (``_candidate_names``) and shape."""
+
+    matched: dict[str, torch.Tensor]
+    """Backbone key -> the file's tensor of the same name and shape."""
+    missing: tuple[str, ...]
+    """Backbone keys with no entry in the file (a BatchNorm's absent ``num_batches_tracked`` is not one)."""
+    misshaped: tuple[tuple[str, str], ...]
+    """(backbone key, file name) pairs of the same name and another shape."""
+    unused: tuple[str, ...]
+    """File names no backbone tensor took."""
+    optional: int = 0
+    """Backbone ``num_batches_tracked`` counters the file lacks (they keep 0; older files have none)."""
+
+
+def match_tensors(target: Mapping[str, torch.Tensor], source: Mapping[str, torch.Tensor]) -> TensorMatch:
+    """Pair each ``target`` (backbone state dict) entry with the ``source`` entry of its name; shapes only."""
     matched: dict[str, torch.Tensor] = {}
-    used: set[str] = set()
-    bad: list[str] = []
-    mismatched = 0
+    missing: list[str] = []
+    misshaped: list[tuple[str, str]] = []
+    taken: set[str] = set()
+    optional = 0
     for key, tensor in target.items():
         found = next((name for name in _candidate_names(key) if name in source), None)
-        if found is not None and source[found].shape == tensor.shape:
-            matched[key] = source[found]
-            used.add(found)
+        if found is None and key.endswith(".num_batches_tracked"):
+            optional += 1
+        elif found is None:
+            missing.append(key)
+        elif source[found].shape != tensor.shape:
+            misshaped.append((key, found))
         else:
-            mismatched += found is not None
-            bad.append(key)
+            matched[key] = source[found]
+        taken.add(found or "")
+    unused = tuple(name for name in source if name not in taken)
+    return TensorMatch(matched, tuple(missing), tuple(misshaped), unused, optional)
+
+
+def _file_key(fmt: str, key: str) -> str:
+    """A backbone key as a file of format ``fmt`` names it, with the backbone's name when that differs."""
+    for name in _candidate_names(key):
+        if (inverse := weights.file_name(fmt, name)) != name:
+            return f"{inverse} (backbone {key})"
+    return key
+
+
+def _count(items: tuple, noun: str, plural: str = "") -> str:
+    return f"1 {noun}" if len(items) == 1 else f"{len(items)} {plural or noun + 's'}"
+
+
+def _strict_problems(converted: weights.Converted, match: TensorMatch, target: Mapping[str, torch.Tensor]) -> str:
+    """What keeps a known-format file from filling the backbone exactly ('' when nothing does)."""
+    parts = []
+    if match.missing:
+        first = ", ".join(_file_key(converted.format, key) for key in match.missing[:3])
+        parts.append(f"{_count(match.missing, 'backbone tensor')} not in the file, first: {first}")
+    if match.misshaped:
+        first = ", ".join(f"{converted.origin[name]} {tuple(converted.tensors[name].shape)} for {key} "
+                          f"{tuple(target[key].shape)}" for key, name in match.misshaped[:3])
+        parts.append(f"{_count(match.misshaped, 'file tensor')} of another shape, first: {first}")
+    if match.unused:
+        first = ", ".join(converted.origin[name] for name in match.unused[:3])
+        parts.append(f"{_count(match.unused, 'file entry', 'file entries')} unused (not the classifier), "
+                     f"first: {first}")
+    return "; ".join(parts)
+
+
+def fit_weights(backbone_name: str, target: Mapping[str, torch.Tensor], path: str, *,
+                min_loaded_fraction: float = 0.9) -> tuple[TensorMatch, LoadReport]:
+    """The tensors of ``path`` that go into a backbone whose state dict is ``target`` (tensors or meta tensors:
+    only names and shapes are read), and the counts; ValueError when the file does not fit.
+
+    A file in a known layout (``weights.FORMATS``: SegFormer MiT, mmseg ResNetV1c, torchvision ResNet) is
+    renamed to timm's names and must fill the backbone exactly: every backbone tensor from the file with its
+    shape, every file entry but the classifier used. Any other file is taken as timm-named and fits when
+    ``min_loaded_fraction`` of the backbone's tensors match by name and shape.
+    """
+    state = read_state_dict(path)
+    try:
+        converted = weights.to_timm(state)
+    except ValueError as err:
+        raise ValueError(f"pretrained weight file {path!r} {err}") from None
+    match = match_tensors(target, converted.tensors)
     report = LoadReport(
-        path=path, loaded=len(matched), missing=len(bad) - mismatched, mismatched=mismatched,
-        unexpected=len(set(source) - used), missing_keys=tuple(bad[:20]),
+        path=path, loaded=len(match.matched), missing=len(match.missing), mismatched=len(match.misshaped),
+        unexpected=len(match.unused) + len(converted.classifier),
+        missing_keys=tuple([*match.missing, *(key for key, _ in match.misshaped)][:20]), format=converted.format,
     )
-    if len(matched) < min_loaded_fraction * len(target):
+    spec = weights.FORMATS[converted.format]
+    if spec.strict and (problems := _strict_problems(converted, match, target)):
+        raise ValueError(f"pretrained weight file {path!r} ({spec.description}) does not fit backbone "
+                         f"{backbone_name!r}: {problems}")
+    if not spec.strict and len(match.matched) < min_loaded_fraction * (len(target) - match.optional):
         raise ValueError(
-            f"pretrained weight file {path!r} does not fit backbone {backbone.name!r}: only {report.loaded} of "
+            f"pretrained weight file {path!r} does not fit backbone {backbone_name!r}: only {report.loaded} of "
             f"{len(target)} tensors match by name and shape ({report.mismatched} differ in shape, "
             f"{report.unexpected} file entries unused); first unmatched: {list(report.missing_keys[:5])}"
         )
-    backbone.model.load_state_dict(matched, strict=False)
+    return match, report
+
+
+def load_backbone_weights(backbone: Backbone, path: str, *, min_loaded_fraction: float = 0.9) -> LoadReport:
+    """Copy the tensors of ``path`` into ``backbone`` (``fit_weights`` says which, or why not); the counts."""
+    match, report = fit_weights(backbone.name, backbone.model.state_dict(), path,
+                                min_loaded_fraction=min_loaded_fraction)
+    backbone.model.load_state_dict(match.matched, strict=False)
     _LOG.info("loaded %s into %s: %s", path, backbone.name, report)
     return report
