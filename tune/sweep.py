@@ -57,16 +57,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from uda_dist.recipes import all_recipes
+    from uda_dist.recipes import recipe
 
-    recipes = all_recipes()
-    if args.recipe not in recipes:
-        raise ConfigError(f"unknown recipe {args.recipe!r}; valid: {', '.join(sorted(recipes))}")
+    base = recipe(args.recipe)
     name = args.name or f"{args.recipe}-{args.space or 'params'}-{time.strftime('%Y%m%d-%H%M%S')}"
     options = SweepOptions(name=name, trials=args.trials, search=args.search, scheduler=args.scheduler,
                            grace=args.grace, reduction=args.reduction, max_concurrent=args.max_concurrent,
                            max_failures=args.max_failures, storage=args.storage)
-    base = apply_overrides(recipes[args.recipe](), args.overrides)
+    base = apply_overrides(base, args.overrides)
     space = resolve_space(base, args.space, args.params)
     _check(base, options)
     searcher_name(options.search, space)  # --search optuna with grid(...) values is an error here

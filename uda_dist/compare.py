@@ -85,7 +85,8 @@ def compare(runs: list[dict[str, Any]], *, metric: str, mode: str = "max", metri
         raise ValueError("no runs to compare")
     params = varied_params(runs)
     ordered = sort_runs(runs, metric, mode=mode)
-    table = format_table(ordered, params, [metric, *(m for m in metrics if m != metric)])
+    subsets = sorted({m for run in runs for m in run["metrics"] if m in ("val.miou16", "val.miou13")}, reverse=True)
+    table = format_table(ordered, params, list(dict.fromkeys([metric, *subsets, *metrics])))
     x = x or next((p for p in params if all(_as_float(r["params"].get(p)) is not None for r in runs)), "")
     return table, (save_plot(plot, ordered, x, metric) if plot and x else None)
 

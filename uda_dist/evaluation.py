@@ -8,12 +8,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from uda_dist import report
 from uda_dist.data.schema import IGNORE_INDEX, NUM_CLASSES
 from uda_dist.dist import collectives
 from uda_dist.inference import EvalConfig, predict
-from uda_dist.metrics import confusion_matrix, iou_per_class, mean_iou
+from uda_dist.metrics import class_set_mious, confusion_matrix, iou_per_class, mean_iou
 from uda_dist.parts import to_device
 
 if TYPE_CHECKING:
@@ -42,22 +43,27 @@ def evaluate(model: torch.nn.Module, loader: Any, cfg: EvalConfig, *, device: to
     return collectives.all_reduce_sum_(confusion_KK).cpu().numpy()  # every rank's share, reduced once
 
 
-def evaluation_record(step: int, confusion_KK: np.ndarray) -> dict[str, Any]:
-    return {"step": step, "miou": mean_iou(confusion_KK), "iou": iou_per_class(confusion_KK).tolist()}
+def evaluation_record(step: int, confusion_KK: np.ndarray, class_sets: tuple[int, ...] = ()) -> dict[str, Any]:
+    """{"step", "miou" (19 classes), "iou" (per class), and "miou16" / "miou13" for the class sets asked}."""
+    return {"step": step, "miou": mean_iou(confusion_KK), "iou": iou_per_class(confusion_KK).tolist(),
+            **class_set_mious(confusion_KK, class_sets)}
 
 
 @torch.no_grad()
-def pictures(parts: Parts, confusion_KK: np.ndarray, out_dir: str, device: torch.device) -> list[str]:
+def pictures(parts: Parts, confusion_KK: np.ndarray, out_dir: str, device: torch.device, cfg: EvalConfig
+             ) -> list[str]:
     """The tracker's plots: confusion matrix, per-class IoU bars, and the first validation batch's predictions
-    overlaid on the images (this rank's share of the split)."""
+    overlaid on the images, at the image's size (this rank's share of the split)."""
     batch = to_device(next(iter(parts.val)), device)
     batch.pop("bad_data", None)
     model = parts.engine.module
     was_training = model.training
-    pred_BHW = model.eval().segment(batch["image"]).argmax(dim=1)
+    size = batch["image"].shape[-2:]
+    pred_BHW = predict(model.eval(), batch["image"], cfg, size).argmax(dim=1)
     model.train(was_training)
+    label_BHW = F.interpolate(batch["label"][:, None].float(), size=size, mode="nearest")[:, 0].byte()
     images_BHW3 = (batch["image"].permute(0, 2, 3, 1) * 255).round().byte().cpu().numpy()
     return [report.save_confusion_plot(os.path.join(out_dir, "confusion.png"), confusion_KK),
             report.save_iou_bars(os.path.join(out_dir, "iou.png"), iou_per_class(confusion_KK).tolist()),
             report.save_overlays(os.path.join(out_dir, "predictions.png"), images_BHW3,
-                                 batch["label"].byte().cpu().numpy(), pred_BHW.byte().cpu().numpy())]
+                                 label_BHW.cpu().numpy(), pred_BHW.byte().cpu().numpy())]

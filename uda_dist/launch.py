@@ -79,9 +79,6 @@ def launch(cfg: RunConfig, *, callbacks: tuple[Any, ...] = ()) -> dict[str, Any]
     """Train cfg on cfg.launch.workers Ray Train workers; return the run's summary (rank 0's). ``callbacks``
     are Ray Train callbacks of the run (a sweep's trial passes Tune's TuneReportCallback, which forwards
     every report, {"step", "val.miou"} at each evaluation, to Tune)."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
     if cfg.launch.workers < 1:
         raise ValueError("launch() needs launch.workers >= 1")
     cfg = prepare(cfg)
@@ -90,17 +87,8 @@ def launch(cfg: RunConfig, *, callbacks: tuple[Any, ...] = ()) -> dict[str, Any]
     lc = cfg.launch
     threads = cfg.train.threads or lc.cpus_per_worker
     worker_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=threads))
-    trainer = TorchTrainer(
-        _worker,
-        train_loop_config={"cfg": worker_cfg},
-        scaling_config=ScalingConfig(num_workers=lc.workers, use_gpu=lc.use_gpu,
-                                     resources_per_worker={"CPU": lc.cpus_per_worker}),
-        torch_config=TorchConfig(backend="nccl" if lc.use_gpu else "gloo"),
-        run_config=RunConfig(name=lc.run_name, storage_path=lc.storage_path,
-                             failure_config=FailureConfig(max_failures=lc.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=lc.keep_checkpoints),
-                             callbacks=list(callbacks)),
-    )
+    trainer = _trainer(_worker, {"cfg": worker_cfg}, lc, name=lc.run_name, storage=lc.storage_path,
+                       callbacks=callbacks)
     # A sweep's trial (Tune's callback given) is stopped by Tune through the trial's own thread, and the sweep
     # marks its stopped trials itself (ParentRun.mark_stopped); catching that stop here kept ASHA's stops from
     # taking effect (the sweep test's lr=1e-9 trial ran to the end in 3 of 5 runs).
@@ -113,6 +101,37 @@ def launch(cfg: RunConfig, *, callbacks: tuple[Any, ...] = ()) -> dict[str, Any]
             summary = json.load(f)
         _copy_results(directory, output_folder(cfg))
     return summary
+
+
+def _trainer(fn: Any, loop_config: dict[str, Any], lc: LaunchConfig, *, name: str, storage: str,
+             callbacks: tuple[Any, ...] = ()) -> Any:
+    """A TorchTrainer running ``fn(loop_config)`` on lc.workers workers (gloo on CPU, nccl on GPU)."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    return TorchTrainer(
+        fn, train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=lc.workers, use_gpu=lc.use_gpu,
+                                     resources_per_worker={"CPU": lc.cpus_per_worker}),
+        torch_config=TorchConfig(backend="nccl" if lc.use_gpu else "gloo"),
+        run_config=RunConfig(name=name, storage_path=storage,
+                             failure_config=FailureConfig(max_failures=lc.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=lc.keep_checkpoints),
+                             callbacks=list(callbacks)))
+
+
+def run_on_workers(fn: Any, loop_config: dict[str, Any], lc: LaunchConfig, *, name: str, storage: str) -> None:
+    """``fn(loop_config)`` on lc.workers Ray Train workers, each in the process group Ray makes (a job other
+    than training: predictions for a server); a worker's one-line error comes back as that error."""
+    connect()
+    check_resources(lc)
+    try:
+        _trainer(fn, loop_config, lc, name=name, storage=storage).fit()
+    except BaseException as e:
+        user = _user_error(e)
+        if user is e:
+            raise
+        raise user from None
 
 
 def train(cfg: RunConfig) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from uda_dist.data.schema import CLASSES
 from uda_dist.dist import collectives
 from uda_dist.errors import raise_if_stopped
 from uda_dist.evaluation import evaluate, evaluation_record, pictures
-from uda_dist.metrics import iou_per_class, mean_iou
+from uda_dist.metrics import class_set_mious, iou_per_class, mean_iou
 from uda_dist.naming import output_folder, run_name
 from uda_dist.parts import GIB, Parts, available_memory, check_batch_memory, peak_memory, resolve_device, to_device
 from uda_dist.pseudo_labels import label_target
@@ -56,6 +56,8 @@ class RunResult:
     mlflow_run_id: str = ""
     labels: str = ""
     """The manifest of the pseudo-labels it wrote of the target train split ("" = none; label.enabled)."""
+    class_mious: dict[str, float] = dataclasses.field(default_factory=dict)
+    """mIoU over the class subsets of eval.class_sets: {"miou16": ..., "miou13": ...} (SYNTHIA sources)."""
 
     def summary(self, cfg: RunConfig) -> dict[str, Any]:
         """What summary.json holds: the resolved config (credentials masked), the classes and this result."""
@@ -100,7 +102,7 @@ def train_loop(cfg: RunConfig, *, checkpointer: Checkpointer | None = None) -> R
         result.checkpoints, result.mlflow_run_id = location or "", tracker.run_id
         if parts.rank == 0:
             _write_summary(out_dir, cfg, result)
-        artifacts = pictures(parts, np.asarray(result.confusion), out_dir, device) if tracker.records else []
+        artifacts = pictures(parts, np.asarray(result.confusion), out_dir, device, cfg.eval) if tracker.records else []
         tracker.finish(artifacts=[os.path.join(out_dir, "summary.json"), *artifacts], checkpoint=location)
         if checkpointer:
             # Last: under a sweep the scheduler may end the trial's processes as soon as it has this report.
@@ -122,13 +124,14 @@ def _train_and_evaluate(cfg: RunConfig, parts: Parts, device: torch.device, firs
     confusion_KK = evaluate(parts.engine.module, parts.val, cfg.eval, device=device,
                             max_batches=cfg.train.eval_max_batches)
     history["evaluations"] = [e for e in history["evaluations"] if e["step"] < cfg.train.iterations]  # a rerun
-    history["evaluations"].append(evaluation_record(cfg.train.iterations, confusion_KK))
+    history["evaluations"].append(evaluation_record(cfg.train.iterations, confusion_KK, cfg.eval.class_sets))
     tracker.log_evaluation(history["evaluations"][-1], CLASSES)
     weights = os.path.join(out_dir, "student.pt")
     result = RunResult(name=cfg.name, miou=mean_iou(confusion_KK), iou=iou_per_class(confusion_KK).tolist(),
                        confusion=confusion_KK.tolist(), steps=cfg.train.iterations, seconds=seconds,
                        weights=weights, evaluations=history["evaluations"], losses=history["losses"],
-                       run_name=cfg.launch.run_name, outputs=os.path.abspath(out_dir))
+                       run_name=cfg.launch.run_name, outputs=os.path.abspath(out_dir),
+                       class_mious=class_set_mious(confusion_KK, cfg.eval.class_sets))
     if parts.rank == 0:  # the student is identical on every rank
         torch.save(parts.engine.module.state_dict(), weights)
     if cfg.label.enabled:  # before the summary and the final checkpoint: their presence means labelled
@@ -165,12 +168,12 @@ def _train(cfg: RunConfig, parts: Parts, device: torch.device, first: int, histo
             with window.paused():
                 confusion_KK = evaluate(parts.engine.module, parts.val, cfg.eval, device=device,
                                         max_batches=cfg.train.eval_max_batches, bad_data=parts.bad_data)
-            evaluation = evaluation_record(done, confusion_KK)
+            evaluation = evaluation_record(done, confusion_KK, cfg.eval.class_sets)
             history["evaluations"].append(evaluation)
             tracker.log_evaluation(evaluation, CLASSES)
             if tracker.records:  # the plots of the latest evaluation, also for a run a sweep stops early
                 with window.paused():
-                    tracker.log_artifacts(pictures(parts, confusion_KK, out_dir, device))
+                    tracker.log_artifacts(pictures(parts, confusion_KK, out_dir, device, cfg.eval))
             if parts.rank == 0:
                 bar.write(f"[{cfg.name}] step {done}: target mIoU {100 * evaluation['miou']:.2f}")
         if checkpointer:

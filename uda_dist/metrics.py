@@ -14,13 +14,30 @@ import torch
 
 from uda_dist.losses.segmentation import IGNORE_INDEX
 
+CLASS_SETS: dict[int, tuple[int, ...]] = {
+    19: tuple(range(19)),
+    16: tuple(k for k in range(19) if k not in (9, 14, 16)),
+    13: tuple(k for k in range(19) if k not in (3, 4, 5, 9, 14, 16)),
+}
+"""The class subsets papers report mIoU over, by size (trainIds): SYNTHIA -> Cityscapes reports 16 classes (the
+19 without terrain 9, truck 14, train 16) and 13 (the 16 without wall 3, fence 4, pole 5)."""
+
 
 def confusion_matrix(pred_BHW: torch.Tensor, label_BHW: torch.Tensor, *, num_classes: int,
                      ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """[K, K] int64 counts of (ground truth, prediction) over the labelled pixels."""
+    """[K, K] int64 counts of (ground truth, prediction) over the labelled pixels. A label (other than
+    ignore) or a prediction outside [0, K), or a prediction of another shape, is a ValueError: it would be
+    counted into a wrong cell."""
+    if pred_BHW.shape != label_BHW.shape:
+        raise ValueError(f"prediction {tuple(pred_BHW.shape)} and label {tuple(label_BHW.shape)} differ in shape")
     valid_N = label_BHW.reshape(-1) != ignore_index
     label_N = label_BHW.reshape(-1)[valid_N].long()
     pred_N = pred_BHW.reshape(-1)[valid_N].long()
+    for name, values_N in (("label", label_N), ("prediction", pred_N)):
+        if values_N.numel() and bool(((values_N < 0) | (values_N >= num_classes)).any()):
+            bad = values_N[(values_N < 0) | (values_N >= num_classes)]
+            raise ValueError(f"{name} values {sorted(set(bad[:1000].tolist()))[:5]} are outside the classes "
+                             f"0..{num_classes - 1} (and {ignore_index} = ignore for labels)")
     counts = torch.bincount(label_N * num_classes + pred_N, minlength=num_classes * num_classes)
     return counts.reshape(num_classes, num_classes)
 
@@ -38,6 +55,11 @@ def mean_iou(confusion_KK: np.ndarray, classes: list[int] | None = None) -> floa
     """Mean of the defined per-class IoUs (optionally over a class subset, e.g. SYNTHIA's 16)."""
     iou_K = iou_per_class(confusion_KK)
     return mean_of_defined(iou_K[classes] if classes is not None else iou_K)
+
+
+def class_set_mious(confusion_KK: np.ndarray, class_sets) -> dict[str, float]:
+    """{"miou16": ..., "miou13": ...}: the mean IoU over each subset of CLASS_SETS asked for."""
+    return {f"miou{n}": mean_iou(confusion_KK, list(CLASS_SETS[n])) for n in class_sets}
 
 
 def mean_of_defined(iou_K) -> float:

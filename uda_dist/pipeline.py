@@ -219,18 +219,20 @@ def run_pipeline(cfg: PipelineConfig, *, callbacks: tuple[Any, ...] = ()) -> dic
             json.dump(result, f, indent=1, default=str)
         if parent is not None:
             last = result["stages"][-1]
-            parent.finish(metrics={"val.miou": last["miou"]}, tags={"final_stage": last["stage"]},
+            metrics = {"val.miou": last["miou"], **{f"val.{k}": v for k, v in (last["class_mious"] or {}).items()}}
+            parent.finish(metrics=metrics, tags={"final_stage": last["stage"]},
                           artifacts=[os.path.join(folder, "summary.json")], step=total_iterations(cfg))
     return result
 
 
 def _summary(cfg: PipelineConfig, stages: dict[str, dict[str, Any]], parent_id: str) -> dict[str, Any]:
-    keys = ("run_name", "miou", "iou", "steps", "seconds", "outputs", "checkpoints", "mlflow_run_id", "labels",
-            "final_weights")
+    keys = ("run_name", "miou", "class_mious", "iou", "steps", "seconds", "outputs", "checkpoints", "mlflow_run_id",
+            "labels", "final_weights")
     rows = [{"stage": name, **{k: summary.get(k) for k in keys}} for name, summary in stages.items()]
     last = rows[-1]
     return {"config": redact_values(to_flat_dict(cfg)), "run_name": cfg.launch.run_name, "stages": rows,
-            "miou": last["miou"], "iou": last["iou"], "outputs": os.path.join(cfg.output_dir, cfg.launch.run_name),
+            "miou": last["miou"], "class_mious": last["class_mious"] or {}, "iou": last["iou"],
+            "outputs": os.path.join(cfg.output_dir, cfg.launch.run_name),
             "mlflow_run_id": parent_id, "classes": stages[last["stage"]].get("classes")}
 
 

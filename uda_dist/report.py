@@ -9,11 +9,13 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from uda_dist.data.schema import CLASSES, IGNORE_INDEX, PALETTE
-from uda_dist.metrics import mean_of_defined
+from uda_dist.metrics import CLASS_SETS, mean_of_defined
 
 
-def format_iou_table(iou_by_run: dict[str, list[float]], classes: tuple[str, ...] = CLASSES) -> str:
-    """Per-class IoU (%) with one column per run and the mIoU (mean of the defined IoUs) last."""
+def format_iou_table(iou_by_run: dict[str, list[float]], classes: tuple[str, ...] = CLASSES,
+                     class_sets: tuple[int, ...] = ()) -> str:
+    """Per-class IoU (%) with one column per run and the mIoU (mean of the defined IoUs) last, then the mIoU
+    over each of ``class_sets`` (SYNTHIA's 16 and 13 classes: mIoU16, mIoU13)."""
     names = list(iou_by_run)
     width = max(12, *(len(n) for n in names))
     header = f"{'class':<14}" + "".join(f"{n:>{width + 2}}" for n in names)
@@ -26,6 +28,9 @@ def format_iou_table(iou_by_run: dict[str, list[float]], classes: tuple[str, ...
     lines.append("-" * len(header))
     means = [mean_of_defined(iou_by_run[n]) for n in names]
     lines.append(f"{'mIoU':<14}" + "".join(f"{_pct(v):>{width + 2}}" for v in means))
+    for n in class_sets:
+        subset = [mean_of_defined([iou_by_run[name][c] for c in CLASS_SETS[n]]) for name in names]
+        lines.append(f"{f'mIoU{n}':<14}" + "".join(f"{_pct(v):>{width + 2}}" for v in subset))
     return "\n".join(lines)
 
 

@@ -184,8 +184,8 @@ class MlflowTracker(NullTracker):
         self.client.log_batch(self.run_id, metrics=metrics)
 
     def log_evaluation(self, record: dict[str, Any], classes: tuple[str, ...]) -> None:
-        values = {"val.miou": record["miou"], **{f"val.iou.{c.replace(' ', '_')}": v
-                                                 for c, v in zip(classes, record["iou"])}}
+        values = {"val.miou": record["miou"], **{f"val.{k}": v for k, v in record.items() if k.startswith("miou")},
+                  **{f"val.iou.{c.replace(' ', '_')}": v for c, v in zip(classes, record["iou"])}}
         self.log_history({"step": record["step"], **values})
 
     def log_artifacts(self, paths: list[str]) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from uda_dist.config import ConfigError, apply_overrides, format_config
+from uda_dist.config import apply_overrides, format_config
 from uda_dist.errors import run_cli
 
 
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from uda_dist.recipes import all_recipes
+    from uda_dist.recipes import all_recipes, recipe
     recipes = all_recipes()
     if args.list_recipes:
         for name, fn in sorted(recipes.items()):
@@ -42,10 +42,8 @@ def _main(args: argparse.Namespace) -> int:
     if args.recipe is None:
         from uda_dist import demo
         return demo.main(args.overrides, print_only=args.print_config)
-    if args.recipe not in recipes:
-        raise ConfigError(f"unknown recipe {args.recipe!r}; valid: {', '.join(sorted(recipes))}")
     overrides = args.overrides + ([f"launch.run_name={args.run_name}"] if args.run_name else [])
-    cfg = apply_overrides(recipes[args.recipe](), overrides)
+    cfg = apply_overrides(recipe(args.recipe), overrides)
     if args.print_config:
         print(format_config(cfg))
         return 0
@@ -53,11 +51,12 @@ def _main(args: argparse.Namespace) -> int:
     from uda_dist.report import format_iou_table
     summary = train(cfg)
     if "stages" in summary:  # a staged run: one row per stage
-        print(format_iou_table({row["stage"]: row["iou"] for row in summary["stages"]}))
+        print(format_iou_table({row["stage"]: row["iou"] for row in summary["stages"]},
+                               class_sets=cfg.stages[-1].eval.class_sets))
         print("\n".join([f"staged run {summary['run_name']}: {summary['outputs']}"]
                         + [where(row, summary["config"]) for row in summary["stages"]]))
         return 0
-    print(format_iou_table({cfg.name: summary["iou"]}))
+    print(format_iou_table({cfg.name: summary["iou"]}, class_sets=cfg.eval.class_sets))
     print(where(summary))
     return 0
 

@@ -233,6 +233,27 @@ def test_demo_trains_its_runs_on_two_workers(local_ray, tiny_data_dir, tmp_path,
     assert len(glob.glob(str(tmp_path / "demo-*" / "predictions.png"))) == 1
 
 
+def test_predictions_for_a_server_on_two_workers_cover_the_split_once(local_ray, tiny_data_dir, tmp_path):
+    from uda_dist import predict
+    from uda_dist.model.segmentor import build_segmentor
+
+    cfg = apply_overrides(synthetic_source_only(), tiny_overrides(tiny_data_dir, str(tmp_path)) + [
+        "launch.workers=2", "eval.flip=true"])
+    torch.save(build_segmentor(cfg.model).state_dict(), tmp_path / "student.pt")
+    job = predict.PredictJob(weights=str(tmp_path / "student.pt"), split="synthetic:target/val",
+                             out="s3://runs/preds2", format="trainids")
+    index = predict.run(cfg, job)
+    assert index["count"] == index["samples_in_split"] == 8  # every image once, over both ranks
+    keys = [o["Key"] for o in boto3_client().list_objects_v2(Bucket="runs", Prefix="preds2/")["Contents"]]
+    assert len([k for k in keys if k.endswith(".png")]) == 8 and "preds2/predictions.json" in keys
+
+
+def boto3_client():
+    from uda_dist.data import s3
+
+    return s3.client()
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class _CrashOnceConfig(MethodConfig):
     """Source-only, but rank 1 exits hard (a dead worker process) after step `crash_step` the first time,

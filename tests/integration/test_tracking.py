@@ -16,7 +16,9 @@ def tracked_config(tiny_data_dir, tmp_path, url, run_name):
 
 
 def test_a_run_logs_params_metrics_tags_and_artifacts(mlflow_server, tiny_data_dir, tmp_path):
-    result = train_loop(tracked_config(tiny_data_dir, tmp_path, mlflow_server, "tracked"))
+    cfg = apply_overrides(tracked_config(tiny_data_dir, tmp_path, mlflow_server, "tracked"), [
+        "eval.class_sets=16,13", "eval.flip=true"])  # SYNTHIA's subsets, reported beside the 19 classes
+    result = train_loop(cfg)
     client = MlflowClient(tracking_uri=mlflow_server)
     [run] = client.search_runs([client.get_experiment_by_name("tests").experiment_id],
                                filter_string="tags.`uda_dist.run_name` = 'tracked'")
@@ -31,6 +33,8 @@ def test_a_run_logs_params_metrics_tags_and_artifacts(mlflow_server, tiny_data_d
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val.miou")] == [5, 10]
     assert run.data.metrics["val.miou"] == pytest.approx(result.miou)
     assert "val.iou.traffic_light" in run.data.metrics
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val.miou16")] == [5, 10]
+    assert run.data.metrics["val.miou13"] == pytest.approx(result.class_mious["miou13"])
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.json", "summary.json", "confusion.png", "iou.png", "predictions.png"} <= artifacts
 

@@ -230,6 +230,8 @@ def test_features_and_fused_feature_when_asked(head, fused_channels):
 def test_two_scale_inference_is_the_elementwise_max_of_each_scales_logits(head):
     import torch.nn.functional as F
 
+    from uda_dist.inference import EvalConfig, predict
+
     model = Segmentor(ModelConfig(backbone="resnet10t", head=head, embed_dim=16, num_classes=5)).eval()
     assert model.fused_channels == model(torch.rand(1, 3, 32, 32), with_features=True).fused_BChw.shape[1]
     image = torch.rand(2, 3, 64, 96)
@@ -237,5 +239,6 @@ def test_two_scale_inference_is_the_elementwise_max_of_each_scales_logits(head):
         one = model.segment(image)
         small = F.interpolate(image, size=(32, 48), mode="bilinear", align_corners=False)
         half = F.interpolate(model(small).logits_BKhw, size=(64, 96), mode="bilinear", align_corners=False)
-        assert torch.equal(model.segment(image, (1.0,)), one)
-        torch.testing.assert_close(model.segment(image, (1.0, 0.5)), torch.maximum(one, half))
+        torch.testing.assert_close(predict(model, image, EvalConfig(), (64, 96)), one.softmax(1))
+        torch.testing.assert_close(predict(model, image, EvalConfig(scales=(1.0, 0.5), combine="max"), (64, 96)),
+                                   torch.maximum(one, half).softmax(1))

@@ -94,3 +94,11 @@ def test_comparison_shows_what_varies_sorted_by_the_metric(tmp_path):
     assert format_table(runs[:1], [], ["step"]).splitlines()[2].split() == ["r1", "KILLED", "-"]
     with pytest.raises(ValueError, match="no runs"):
         compare([], metric="val.miou")
+
+
+def test_comparison_shows_synthias_class_subsets_when_runs_have_them():
+    runs = [_row("r1", "FINISHED", 0.30, seed="0"), _row("r2", "FINISHED", 0.35, seed="1")]
+    runs[1]["metrics"].update({"val.miou16": 0.4, "val.miou13": 0.45})
+    lines = compare(runs, metric="val.miou", plot="")[0].splitlines()
+    assert lines[0].split() == ["run", "status", "seed", "val.miou", "val.miou16", "val.miou13"]
+    assert lines[2].split() == ["r2", "FINISHED", "1", "0.3500", "0.4000", "0.4500"]

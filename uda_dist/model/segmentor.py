@@ -18,7 +18,6 @@ Differences on purpose:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -166,19 +165,11 @@ class Segmentor(nn.Module):
         """Encoder feature levels of an image in [0, 1] (normalised with the backbone's mean and std)."""
         return self.backbone((image_B3HW - self.mean_3) / self.std_3)
 
-    def segment(self, image_B3HW: torch.Tensor, scales: Sequence[float] = (1.0,)) -> torch.Tensor:
-        """logits_BKHW bilinearly resized (align_corners=False) to the input size. With several ``scales``, the
-        element-wise maximum over them of the logits of the image resized by each (DiGA's inference)."""
-        size = image_B3HW.shape[-2:]
-        best_BKHW = None
-        for scale in scales:
-            image = image_B3HW if scale == 1.0 else F.interpolate(
-                image_B3HW, size=(max(1, round(size[0] * scale)), max(1, round(size[1] * scale))), mode="bilinear",
-                align_corners=False)
-            logits_BKHW = F.interpolate(self.forward(image).logits_BKhw, size=size, mode="bilinear",
-                                        align_corners=False)
-            best_BKHW = logits_BKHW if best_BKHW is None else torch.maximum(best_BKHW, logits_BKHW)
-        return best_BKHW
+    def segment(self, image_B3HW: torch.Tensor) -> torch.Tensor:
+        """logits_BKHW bilinearly resized (align_corners=False) to the input size (inference with resizing,
+        scales, flips and windows: uda_dist.inference.predict)."""
+        return F.interpolate(self.forward(image_B3HW).logits_BKhw, size=image_B3HW.shape[-2:], mode="bilinear",
+                             align_corners=False)
 
     def param_groups(self, *, lr: float, weight_decay: float, head_lr_mult: float) -> list[dict]:
         """Optimizer groups "backbone", "backbone_no_decay", "head", "head_no_decay" (empty ones left out)."""
@@ -217,22 +208,24 @@ def _is_leaf_norm(module: nn.Module) -> bool:
     return "norm" in type(module).__name__.lower() and next(module.children(), None) is None
 
 
-def load_model_weights(model: nn.Module, path: str, *, fresh_prefixes: tuple[str, ...] = ("proj_head.",)) -> None:
+def load_model_weights(model: nn.Module, path: str, *, fresh_prefixes: tuple[str, ...] = ("proj_head.",),
+                       setting: str = "model.init_weights") -> None:
     """Load a whole-model state dict: every entry must fit by name and shape, and every model entry must be in
-    the file except those under ``fresh_prefixes`` (heads a warm start adds, which keep their init)."""
+    the file except those under ``fresh_prefixes`` (heads a warm start adds, which keep their init). Errors
+    name the file as ``setting`` (the key or flag that gave it)."""
     if not exists(path):
-        raise FileNotFoundError(f"model.init_weights {path!r} does not exist (a student.pt written by an earlier "
+        raise FileNotFoundError(f"{setting} {path!r} does not exist (a student.pt written by an earlier "
                                 f"run: outputs/<name>/student.pt)")
     state = load_tensors(path)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"not a checkpoint: {path} (model.init_weights must be a state dict of tensors, such as "
+        raise ValueError(f"not a checkpoint: {path} ({setting} must be a state dict of tensors, such as "
                          f"a run's student.pt)")
     own = model.state_dict()
     unexpected = sorted(set(state) - set(own))
     misshaped = sorted(k for k in set(state) & set(own) if state[k].shape != own[k].shape)
     missing = sorted(k for k in set(own) - set(state) if not k.startswith(fresh_prefixes))
     if unexpected or misshaped or missing:
-        raise ValueError(f"model.init_weights {path!r} does not fit this model: unexpected {unexpected[:5]}, "
+        raise ValueError(f"{setting} {path!r} does not fit this model: unexpected {unexpected[:5]}, "
                          f"different shape {misshaped[:5]}, missing {missing[:5]}")
     model.load_state_dict(state, strict=False)
 

@@ -6,11 +6,21 @@ inheritance chains, no registry beyond the functions defined in these modules.
 from __future__ import annotations
 
 import inspect
-from typing import Callable
+from typing import Any, Callable
 
 from uda_dist.recipes import real, synthetic
 
 _MODULES = (synthetic, real)
+
+
+def recipe(name: str) -> Any:
+    """The config the recipe ``name`` returns; a ConfigError listing the valid names when there is none."""
+    from uda_dist.errors import ConfigError
+
+    recipes = all_recipes()
+    if name not in recipes:
+        raise ConfigError(f"unknown recipe {name!r}; valid: {', '.join(sorted(recipes))}")
+    return recipes[name]()
 
 
 def all_recipes() -> dict[str, Callable]:

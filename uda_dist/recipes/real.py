@@ -31,7 +31,8 @@ def _manifest(dataset: str, split: str, folder: str = "") -> str:
 
 
 def gta_to_cs_daformer() -> RunConfig:
-    """DAFormer on GTA5 -> Cityscapes: pvt_v2_b5 (timm's closest MiT-B5 relative), 512x512 crops, 40k it."""
+    """DAFormer on GTA5 -> Cityscapes: MiT-B5 (timm's pvt_v2_b5 is its architecture) from SegFormer's ImageNet
+    mit_b5.pth, 512x512 crops, 40k it; evaluated at 1024x512, the prediction upsampled to the full label."""
     return RunConfig(
         name="gta_to_cs_daformer",
         data=DataConfig(source=_manifest("gta5", "train"), target=_manifest("cityscapes", "train"),
@@ -40,12 +41,17 @@ def gta_to_cs_daformer() -> RunConfig:
                                             scale_range=(0.5, 2.0), crop_size=(512, 512),
                                             num_workers=4, epoch_batches=1000, eval_batch_size=1,
                                             rcs_temperature=0.01, rcs_min_pixels=3000, rcs_min_crop_ratio=0.5)),
-        model=ModelConfig(backbone="pvt_v2_b5", pretrained="weights/pvt_v2_b5.pth", head="daformer",
+        model=ModelConfig(backbone="pvt_v2_b5", pretrained="weights/mit_b5.pth", head="daformer",
                           embed_dim=256, drop_path=0.1),
         optim=OptimConfig(lr=6e-5, head_lr_mult=10.0, weight_decay=0.01, warmup_iters=1500),
         method=SelfTrainingConfig(pl_crop_top=15, pl_crop_bottom=120),
         train=TrainConfig(iterations=40000, eval_every=4000, log_every=50),
+        eval=EvalConfig(resize=(512, 1024)),  # DAFormer's test pipeline: 1024x512
     )
+
+
+SYNTHIA_EVAL = EvalConfig(resize=(512, 1024), class_sets=(16, 13))
+"""SYNTHIA -> Cityscapes recipes also report mIoU over SYNTHIA's 16 and 13 classes."""
 
 
 def gta_to_cs_deeplabv2() -> RunConfig:
@@ -67,6 +73,7 @@ def _sepico(base: RunConfig, name: str, *, pl_crop: bool) -> RunConfig:
     loader = dataclasses.replace(base.data.loader, crop_size=(640, 640))
     return dataclasses.replace(
         base, name=name, data=dataclasses.replace(base.data, loader=loader),
+        eval=dataclasses.replace(base.eval, resize=(640, 1280)),  # SePiCo's test pipeline: 1280x640
         model=dataclasses.replace(base.model, proj_dim=512),
         method=SelfTrainingConfig(
             strong_source=True, pl_crop_top=15 if pl_crop else 0, pl_crop_bottom=120 if pl_crop else 0,
@@ -85,11 +92,12 @@ def gta_to_cs_sepico_deeplabv2() -> RunConfig:
 
 def synthia_to_cs_sepico_daformer() -> RunConfig:
     """SePiCo (DistCL) on SYNTHIA -> Cityscapes, DAFormer-style (paper: 64.3 mIoU over SYNTHIA's 16 classes;
-    uda_dist reports the 19-class table, in which terrain, truck and train have no source pixels)."""
+    reported beside the 19-class table, as the 13, ``miou16``, ``miou13``)."""
     base = gta_to_cs_daformer()
     data = dataclasses.replace(base.data, source=_manifest("synthia", "train"),
                                loader=dataclasses.replace(base.data.loader, resize=(760, 1280)))  # SYNTHIA 760x1280
-    return _sepico(dataclasses.replace(base, data=data), "synthia_to_cs_sepico_daformer", pl_crop=False)
+    return _sepico(dataclasses.replace(base, data=data, eval=SYNTHIA_EVAL), "synthia_to_cs_sepico_daformer",
+                   pl_crop=False)
 
 
 def cs_to_darkzurich_sepico_daformer() -> RunConfig:
@@ -101,7 +109,8 @@ def cs_to_darkzurich_sepico_daformer() -> RunConfig:
                                val=_manifest("darkzurich-night", "val", "darkzurich"),
                                loader=dataclasses.replace(base.data.loader, resize=(512, 1024),
                                                                  target_resize=(540, 960)))
-    return _sepico(dataclasses.replace(base, data=data), "cs_to_darkzurich_sepico_daformer", pl_crop=False)
+    cfg = _sepico(dataclasses.replace(base, data=data), "cs_to_darkzurich_sepico_daformer", pl_crop=False)
+    return dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, resize=(540, 960)))  # 16:9, as trained
 
 
 # ---------------------------------------------------------------- PGPC (Xiang et al., Scientific Reports 2024)
@@ -128,7 +137,8 @@ def synthia_to_cs_pgpc_daformer() -> RunConfig:
     data = dataclasses.replace(base.data, source=_manifest("synthia", "train"),
                                loader=dataclasses.replace(base.data.loader, resize=(760, 1280)))  # SYNTHIA 760x1280
     method = dataclasses.replace(base.method, pl_crop_top=0, pl_crop_bottom=0)
-    return _pgpc(dataclasses.replace(base, data=data, method=method), "synthia_to_cs_pgpc_daformer")
+    return _pgpc(dataclasses.replace(base, data=data, method=method, eval=SYNTHIA_EVAL),
+                 "synthia_to_cs_pgpc_daformer")
 
 
 # ------------------------------------------------ FADA (JDAI-CV/FADA configs/deeplabv2_r101_*.yaml)
@@ -138,7 +148,10 @@ def synthia_to_cs_pgpc_daformer() -> RunConfig:
 # as separate runs: source-only (lr 5e-4, 20000 steps), then the adversarial stage from its weights (lr 2.5e-4,
 # discriminator Adam 1e-4, 40000 steps). The reference's poly runs over 31250 / 62500 steps and stops at
 # 20000 / 40000; here it runs to 0 over the steps trained. Its frozen BatchNorm and colour jitter are not
-# reproduced.
+# reproduced. The start is the reference's: torchvision's ImageNet ResNet-101 (FADA's configs load
+# resnet101-5d3b4d8f.pth into torchvision's resnet101 with replace_stride_with_dilation=[False, True, True]),
+# which is timm's resnet101 (plain 7x7 stem, the same names) at output_stride=8; save that file as
+# weights/resnet101-torchvision.pth (uda_dist/model/weights.py, format torchvision_resnet).
 
 def _fada_deeplabv2(name: str, *, source: str, source_resize: tuple[int, int], method, lr: float,
                     iterations: int) -> RunConfig:
@@ -149,12 +162,14 @@ def _fada_deeplabv2(name: str, *, source: str, source_resize: tuple[int, int], m
         name=name,
         data=DataConfig(source=source, target=_manifest("cityscapes", "train"), val=_manifest("cityscapes", "val"),
                         loader=loader),
-        model=ModelConfig(backbone="resnet101c", pretrained="weights/resnet101c.pth", head="deeplabv2",
+        model=ModelConfig(backbone="resnet101", pretrained="weights/resnet101-torchvision.pth", head="deeplabv2",
                           output_stride=8),
         optim=OptimConfig(optimizer="sgd", lr=lr, momentum=0.9, head_lr_mult=10.0, weight_decay=5e-4,
                           warmup_iters=0, poly_power=0.9),
         method=method,
         train=TrainConfig(iterations=iterations, eval_every=2000, log_every=50),
+        # FADA's test transform: the image resized to 1024x512, the label kept at full size (resize_label=False)
+        eval=SYNTHIA_EVAL if "synthia" in source else EvalConfig(resize=(512, 1024)),
     )
 
 
@@ -224,9 +239,13 @@ def synthia_to_cs_fada_pipeline_deeplabv2() -> PipelineConfig:
 # weight decay 5e-4, classifier lr x10, poly 0.9, one source image (GTA5 720x1280) and one target image
 # (Cityscapes 512x1024) a step, whole images, lambda_adv 1e-3 damped linearly over the stage, the affinity
 # discriminator's Adam 1e-4 (0.9, 0.99), the affinity space at the input size. The reference trains 250k steps
-# from ImageNet weights; here, as the project runs every adversarial method, a source-only stage (FADA's: lr
-# 5e-4, 20000 steps) comes first and the ASA stage adapts its weights for 40000 steps (the project's choice).
-# One image a step is the paper's batch: --set launch.workers=1 launch.use_gpu=true (more workers multiply it).
+# from DeepLab-V2's initial weights (below); here, as the project runs every adversarial method, a source-only
+# stage (FADA's: lr 5e-4, 20000 steps) comes first and the ASA stage adapts its weights for 40000 steps (the
+# project's choice). One image a step is the paper's batch: --set launch.workers=1 launch.use_gpu=true (more
+# workers multiply it). The reference's initial weights are DeepLab-V2's Caffe-converted ResNet-101
+# (AdaptSegNet's DeepLab_resnet_pretrained_init-f81d91e8.pth, ImageNet + MS-COCO), whose network (stride in the
+# 1x1 conv, ceil-mode max-pool, BGR 0-255 input) no timm ResNet computes: here the start is FADA's, torchvision's
+# ImageNet ResNet-101 in timm's resnet101 (weights/resnet101-torchvision.pth); the loader refuses the Caffe file.
 
 def _asanet_pipeline(name: str, source: RunConfig, adapt: RunConfig, *later: tuple[str, RunConfig]) -> PipelineConfig:
     return PipelineConfig(name=name, stages=(
@@ -256,10 +275,11 @@ def synthia_to_cs_asanet_deeplabv2() -> PipelineConfig:
 def gta_to_cs_asanet_st_deeplabv2() -> PipelineConfig:
     """An extension (the paper's ASA+ST exists only as a released checkpoint, its training not published):
     gta_to_cs_asanet_deeplabv2's two stages, then gta_to_cs_deeplabv2's DAFormer-style self-training (40k
-    steps, the same DeepLab-V2) from the ASA model's weights."""
+    steps) from the ASA model's weights, on the ASA model's DeepLab-V2 (timm resnet101, not resnet101c)."""
     name = "gta_to_cs_asanet_st_deeplabv2"
-    return _asanet_pipeline(name, gta_to_cs_fada_source_deeplabv2(), _asa(name, "gta5", (720, 1280)),
-                            ("self_training", gta_to_cs_deeplabv2()))
+    adapt = _asa(name, "gta5", (720, 1280))
+    self_training = dataclasses.replace(gta_to_cs_deeplabv2(), model=adapt.model)
+    return _asanet_pipeline(name, gta_to_cs_fada_source_deeplabv2(), adapt, ("self_training", self_training))
 
 
 # ------------------------------------------------ DiGA (fy-vision/DiGA domain_adaptation/GTA5/train_DiGA_*.py)
@@ -270,10 +290,14 @@ def gta_to_cs_asanet_st_deeplabv2() -> PipelineConfig:
 # and for the pseudo-labels. The reference trains 80000 steps a stage; the recipes train 40000 (the
 # project's adaptation stage length; --set stages.<stage>.train.iterations=80000 for the reference's).
 # Its image translator (a GAN trained separately for 50k steps) is replaced by Fourier domain adaptation.
+# Its DeepLab-V2 starts, as ASANet's, from AdaptSegNet's Caffe-converted DeepLab_resnet_pretrained_init
+# (ImageNet + MS-COCO), which timm cannot run (see ASANet above): here from torchvision's ImageNet ResNet-101
+# in timm's resnet101, as FADA (weights/resnet101-torchvision.pth).
 
 def _diga_pipeline(name: str, base: RunConfig) -> PipelineConfig:
     train = dataclasses.replace(base.train, iterations=40000)
-    sections = sections_of(dataclasses.replace(base, train=train, eval=EvalConfig(scales=(1.0, 0.5), combine="max")))
+    two_scales = dataclasses.replace(base.eval, scales=(1.0, 0.5), combine="max")
+    sections = sections_of(dataclasses.replace(base, train=train, eval=two_scales))
     labelled = LabelConfig(enabled=True)
     return PipelineConfig(name=name, stages=(
         StageConfig(name="warmup", init="config", **{**sections, "method": diga_warmup(), "label": labelled}),
