@@ -4,6 +4,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -49,8 +50,8 @@ def moto_server(bucket: str):
 
     port = free_port()
     server = os.path.join(os.path.dirname(sys.executable), "moto_server")
-    proc = subprocess.Popen([server, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    log = tempfile.TemporaryFile()  # the server's own output, shown when it does not start
+    proc = subprocess.Popen([server, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
     env = {"AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
     saved = {key: os.environ.get(key) for key in env}
@@ -64,7 +65,9 @@ def moto_server(bucket: str):
                 break
             except Exception:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("moto_server did not start")
+                    log.seek(0)
+                    raise RuntimeError("moto_server did not start; its output:\n"
+                                       + log.read().decode(errors="replace")[-4000:])
                 time.sleep(0.3)
         yield env, proc
     finally:
@@ -75,6 +78,7 @@ def moto_server(bucket: str):
                 os.environ[key] = value
         proc.terminate()
         proc.wait(timeout=30)
+        log.close()
 
 
 @contextlib.contextmanager
