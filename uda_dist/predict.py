@@ -21,6 +21,7 @@ import dataclasses
 import json
 import os
 import sys
+import time
 from typing import Any
 
 import numpy as np
@@ -144,7 +145,7 @@ def run(cfg: Any, job: PredictJob) -> dict[str, Any]:
     if cfg.launch.workers:
         from uda_dist.launch import run_on_workers
 
-        run_on_workers(_worker, {"cfg": cfg, "job": job}, cfg.launch, name=f"{cfg.name}-predict",
+        run_on_workers(_worker, {"cfg": cfg, "job": job}, cfg.launch, name=f"{cfg.name}-predict-{time.strftime('%Y%m%d-%H%M%S')}",
                        storage=os.path.abspath(os.path.join(cfg.output_dir, "ray")))
     else:
         device = torch.device("cuda" if cfg.launch.use_gpu else "cpu")
