@@ -23,7 +23,6 @@ and deleted there, so the local disk holds only a few shards at a time.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import dataclasses
 import functools
 import multiprocessing
@@ -113,22 +112,11 @@ def build(cfg: BuildConfig) -> schema.Manifest:
 def remove_manifest(out: str, name: str) -> None:
     """Remove the manifest ``name`` (and a leftover temporary copy) from the output folder or s3:// prefix
     ``out``, if there; an s3 endpoint that cannot be reached or refuses is a RunError naming it."""
-    if not out.startswith("s3://"):
-        for path in (os.path.join(out, name), os.path.join(out, name + ".tmp")):
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(path)
+    if out.startswith("s3://"):
+        s3.remove(f"{out.rstrip('/')}/{name}")
         return
-    import botocore.exceptions
-
-    url = f"{out.rstrip('/')}/{name}"
-    if not s3.exists(url):  # asked with the probe client: a bad endpoint or bucket fails now, in one line
-        return
-    bucket, key = s3.split_url(url)
-    try:
-        s3.client().delete_object(Bucket=bucket, Key=key)
-    except botocore.exceptions.ClientError as exc:
-        raise RunError(f"cannot remove the old manifest {url} before rebuilding: "
-                       f"{exc.response.get('Error', {}).get('Code')}") from None
+    for path in (os.path.join(out, name), os.path.join(out, name + ".tmp")):
+        s3.remove(path)
 
 
 def _plan(cfg: BuildConfig) -> tuple[str, list[Any], bool, Any]:

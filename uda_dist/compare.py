@@ -81,11 +81,14 @@ def compare(runs: list[dict[str, Any]], *, metric: str, mode: str = "max", metri
             plot: str = "", x: str = "") -> tuple[str, str | None]:
     """(table text, plot path or None) for the runs: sorted by ``metric``, the varied params as columns, and
     a plot of ``metric`` against ``x`` (default: the first varied numeric param) when there is one."""
+    from uda_dist.metrics import CLASS_SETS
+
     if not runs:
         raise ValueError("no runs to compare")
     params = varied_params(runs)
     ordered = sort_runs(runs, metric, mode=mode)
-    subsets = sorted({m for run in runs for m in run["metrics"] if m in ("val.miou16", "val.miou13")}, reverse=True)
+    subsets = [f"val.miou{n}" for n in sorted(CLASS_SETS, reverse=True)[1:]  # SYNTHIA's, where runs have them
+               if any(f"val.miou{n}" in run["metrics"] for run in runs)]
     table = format_table(ordered, params, list(dict.fromkeys([metric, *subsets, *metrics])))
     x = x or next((p for p in params if all(_as_float(r["params"].get(p)) is not None for r in runs)), "")
     return table, (save_plot(plot, ordered, x, metric) if plot and x else None)

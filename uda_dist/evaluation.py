@@ -45,8 +45,8 @@ def evaluate(model: torch.nn.Module, loader: Any, cfg: EvalConfig, *, device: to
 
 def evaluation_record(step: int, confusion_KK: np.ndarray, class_sets: tuple[int, ...] = ()) -> dict[str, Any]:
     """{"step", "miou" (19 classes), "iou" (per class), and "miou16" / "miou13" for the class sets asked}."""
-    return {"step": step, "miou": mean_iou(confusion_KK), "iou": iou_per_class(confusion_KK).tolist(),
-            **class_set_mious(confusion_KK, class_sets)}
+    iou_K = iou_per_class(confusion_KK)
+    return {"step": step, "miou": mean_iou(confusion_KK), "iou": iou_K.tolist(), **class_set_mious(iou_K, class_sets)}
 
 
 @torch.no_grad()

@@ -28,7 +28,6 @@ from uda_dist.data.schema import CLASSES
 from uda_dist.dist import collectives
 from uda_dist.errors import raise_if_stopped
 from uda_dist.evaluation import evaluate, evaluation_record, pictures
-from uda_dist.metrics import class_set_mious, iou_per_class, mean_iou
 from uda_dist.naming import output_folder, run_name
 from uda_dist.parts import GIB, Parts, available_memory, check_batch_memory, peak_memory, resolve_device, to_device
 from uda_dist.pseudo_labels import label_target
@@ -124,14 +123,15 @@ def _train_and_evaluate(cfg: RunConfig, parts: Parts, device: torch.device, firs
     confusion_KK = evaluate(parts.engine.module, parts.val, cfg.eval, device=device,
                             max_batches=cfg.train.eval_max_batches)
     history["evaluations"] = [e for e in history["evaluations"] if e["step"] < cfg.train.iterations]  # a rerun
-    history["evaluations"].append(evaluation_record(cfg.train.iterations, confusion_KK, cfg.eval.class_sets))
-    tracker.log_evaluation(history["evaluations"][-1], CLASSES)
+    final = evaluation_record(cfg.train.iterations, confusion_KK, cfg.eval.class_sets)
+    history["evaluations"].append(final)
+    tracker.log_evaluation(final, CLASSES)
     weights = os.path.join(out_dir, "student.pt")
-    result = RunResult(name=cfg.name, miou=mean_iou(confusion_KK), iou=iou_per_class(confusion_KK).tolist(),
+    result = RunResult(name=cfg.name, miou=final["miou"], iou=final["iou"],
                        confusion=confusion_KK.tolist(), steps=cfg.train.iterations, seconds=seconds,
                        weights=weights, evaluations=history["evaluations"], losses=history["losses"],
                        run_name=cfg.launch.run_name, outputs=os.path.abspath(out_dir),
-                       class_mious=class_set_mious(confusion_KK, cfg.eval.class_sets))
+                       class_mious={f"miou{n}": final[f"miou{n}"] for n in cfg.eval.class_sets})
     if parts.rank == 0:  # the student is identical on every rank
         torch.save(parts.engine.module.state_dict(), weights)
     if cfg.label.enabled:  # before the summary and the final checkpoint: their presence means labelled

@@ -34,10 +34,10 @@ def confusion_matrix(pred_BHW: torch.Tensor, label_BHW: torch.Tensor, *, num_cla
     label_N = label_BHW.reshape(-1)[valid_N].long()
     pred_N = pred_BHW.reshape(-1)[valid_N].long()
     for name, values_N in (("label", label_N), ("prediction", pred_N)):
-        if values_N.numel() and bool(((values_N < 0) | (values_N >= num_classes)).any()):
-            bad = values_N[(values_N < 0) | (values_N >= num_classes)]
-            raise ValueError(f"{name} values {sorted(set(bad[:1000].tolist()))[:5]} are outside the classes "
-                             f"0..{num_classes - 1} (and {ignore_index} = ignore for labels)")
+        outside_N = (values_N < 0) | (values_N >= num_classes)
+        if bool(outside_N.any()):
+            raise ValueError(f"{name} values {sorted(set(values_N[outside_N][:1000].tolist()))[:5]} are outside "
+                             f"the classes 0..{num_classes - 1} (and {ignore_index} = ignore for labels)")
     counts = torch.bincount(label_N * num_classes + pred_N, minlength=num_classes * num_classes)
     return counts.reshape(num_classes, num_classes)
 
@@ -57,9 +57,11 @@ def mean_iou(confusion_KK: np.ndarray, classes: list[int] | None = None) -> floa
     return mean_of_defined(iou_K[classes] if classes is not None else iou_K)
 
 
-def class_set_mious(confusion_KK: np.ndarray, class_sets) -> dict[str, float]:
-    """{"miou16": ..., "miou13": ...}: the mean IoU over each subset of CLASS_SETS asked for."""
-    return {f"miou{n}": mean_iou(confusion_KK, list(CLASS_SETS[n])) for n in class_sets}
+def class_set_mious(iou_K, class_sets) -> dict[str, float]:
+    """{"miou16": ..., "miou13": ...}: the mean of the defined per-class IoUs over each subset of CLASS_SETS
+    asked for."""
+    iou_K = np.asarray(iou_K, dtype=np.float64)
+    return {f"miou{n}": mean_of_defined(iou_K[list(CLASS_SETS[n])]) for n in class_sets}
 
 
 def mean_of_defined(iou_K) -> float:

@@ -62,7 +62,7 @@ def predict_split(cfg: Any, job: PredictJob, device: torch.device) -> int:
     images written over all ranks."""
     rank, world = collectives.rank_and_world_size()
     if rank == 0:
-        _remove(join_location(job.out, INDEX))
+        s3.remove(join_location(job.out, INDEX))
     model = _model(cfg, job.weights, device)
     manifest = load_manifest(job.split, cfg.data.synthetic)
     loader = eval_loader(manifest.urls(), cfg=dataclasses.replace(cfg.data.loader, eval_batch_size=1),
@@ -72,13 +72,13 @@ def predict_split(cfg: Any, job: PredictJob, device: torch.device) -> int:
         if not batch["valid"][0]:
             continue
         probs_BKHW = predict(model, batch["image"].to(device), cfg.eval, batch["orig_size"][0])
-        _write_png(join_location(job.out, _png_name(batch["relpath"][0])), _encode(probs_BKHW[0], job.format))
+        s3.put(join_location(job.out, _png_name(batch["relpath"][0])), _encode(probs_BKHW[0], job.format))
         written += 1
     total = sum(collectives.gather_objects(written))
     if rank == 0:
         index = {"count": total, "format": job.format, "weights": job.weights, "split": job.split,
                  "samples_in_split": manifest.num_samples}
-        _write_bytes(join_location(job.out, INDEX), json.dumps(index, indent=1).encode())
+        s3.put(join_location(job.out, INDEX), json.dumps(index, indent=1).encode())
     return total
 
 
@@ -107,30 +107,6 @@ def _encode(probs_KHW: torch.Tensor, fmt: str) -> bytes:
     return schema.encode_png(pred_HW)
 
 
-def _write_png(location: str, data: bytes) -> None:
-    if not location.startswith("s3://"):
-        os.makedirs(os.path.dirname(location), exist_ok=True)
-    _write_bytes(location, data)
-
-
-def _write_bytes(location: str, data: bytes) -> None:
-    if location.startswith("s3://"):
-        s3.write_bytes(location, data)
-        return
-    os.makedirs(os.path.dirname(location) or ".", exist_ok=True)
-    with open(location + ".tmp", "wb") as f:
-        f.write(data)
-    os.replace(location + ".tmp", location)
-
-
-def _remove(location: str) -> None:
-    if location.startswith("s3://"):
-        bucket, key = s3.split_url(location)
-        s3.client().delete_object(Bucket=bucket, Key=key)
-    elif os.path.exists(location):
-        os.remove(location)
-
-
 def _worker(config: dict[str, Any]) -> None:
     """A Ray Train worker: its share of the split (Ray made the process group)."""
     cfg, job = config["cfg"], config["job"]
@@ -145,13 +121,17 @@ def run(cfg: Any, job: PredictJob) -> dict[str, Any]:
     if cfg.launch.workers:
         from uda_dist.launch import run_on_workers
 
-        run_on_workers(_worker, {"cfg": cfg, "job": job}, cfg.launch, name=f"{cfg.name}-predict-{time.strftime('%Y%m%d-%H%M%S')}",
+        name = f"{cfg.name}-predict-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_on_workers(_worker, {"cfg": cfg, "job": job}, cfg.launch, name=name,
                        storage=os.path.abspath(os.path.join(cfg.output_dir, "ray")))
     else:
         device = torch.device("cuda" if cfg.launch.use_gpu else "cpu")
         predict_split(cfg, job, device)
     location = join_location(job.out, INDEX)
-    return json.loads(s3.read_bytes(location) if location.startswith("s3://") else open(location, "rb").read())
+    if location.startswith("s3://"):
+        return json.loads(s3.read_bytes(location))
+    with open(location, "rb") as f:
+        return json.load(f)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -3,8 +3,9 @@
 ``label_target`` runs on every worker after the run's final evaluation. The split is shared out as evaluation
 shares it (global sample i to rank i % world size, in shard order: every sample exactly once); each rank
 predicts as evaluation does (uda_dist.inference.predict as the ``eval`` section says) at the stored image
-size, takes the arg-max (pixels whose top softmax probability is under ``label.threshold`` become 255, ignore) and writes its samples,
-the image as decoded (PNG) with the pseudo-label as its ``label.png``, into shards of its own,
+size, takes the arg-max (pixels whose top softmax probability is under ``label.threshold`` become 255,
+ignore) and writes its samples, the image as decoded (PNG) with the pseudo-label as its ``label.png``, into
+shards of its own,
 ``{dataset}-{split}-pseudo-r{rank}-{n}.tar``. Rank 0 gathers every rank's shard index, checks that each
 target sample is there exactly once, and writes the manifest, ``{dataset}-{split}-pseudo.manifest.json``,
 last: its presence means complete. Shards and manifest go to ``label.out``, a local folder or an

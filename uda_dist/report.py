@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from uda_dist.data.schema import CLASSES, IGNORE_INDEX, PALETTE
-from uda_dist.metrics import CLASS_SETS, mean_of_defined
+from uda_dist.metrics import class_set_mious, mean_of_defined
 
 
 def format_iou_table(iou_by_run: dict[str, list[float]], classes: tuple[str, ...] = CLASSES,
@@ -28,9 +28,9 @@ def format_iou_table(iou_by_run: dict[str, list[float]], classes: tuple[str, ...
     lines.append("-" * len(header))
     means = [mean_of_defined(iou_by_run[n]) for n in names]
     lines.append(f"{'mIoU':<14}" + "".join(f"{_pct(v):>{width + 2}}" for v in means))
+    subsets = [class_set_mious(iou_by_run[name], class_sets) for name in names]
     for n in class_sets:
-        subset = [mean_of_defined([iou_by_run[name][c] for c in CLASS_SETS[n]]) for name in names]
-        lines.append(f"{f'mIoU{n}':<14}" + "".join(f"{_pct(v):>{width + 2}}" for v in subset))
+        lines.append(f"{f'mIoU{n}':<14}" + "".join(f"{_pct(s[f'miou{n}']):>{width + 2}}" for s in subsets))
     return "\n".join(lines)
 
 

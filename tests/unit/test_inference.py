@@ -11,7 +11,7 @@ from uda_dist.data import schema
 from uda_dist.data.webdataset import LoaderConfig, eval_loader
 from uda_dist.evaluation import evaluate
 from uda_dist.inference import EvalConfig, predict, slide_logits, window_starts
-from uda_dist.metrics import CLASS_SETS, class_set_mious, confusion_matrix, mean_iou
+from uda_dist.metrics import CLASS_SETS, class_set_mious, confusion_matrix, iou_per_class, mean_iou
 from uda_dist.report import format_iou_table
 
 K = 4
@@ -123,7 +123,7 @@ def test_synthia_class_subsets():
     confusion = np.diag(np.arange(1, 20)).astype(np.int64)
     confusion[9, 14] = confusion[9, 9]  # terrain taken for truck: IoU 10/20 and 15/25, both out of the 16
     assert mean_iou(confusion) == pytest.approx((17 + 0.5 + 0.6) / 19)
-    assert class_set_mious(confusion, (16, 13)) == {"miou16": 1.0, "miou13": 1.0}
+    assert class_set_mious(iou_per_class(confusion), (16, 13)) == {"miou16": 1.0, "miou13": 1.0}
     iou = [1.0] * 19
     iou[3] = 0.0  # wall: in the 16, not in the 13
     table = format_iou_table({"run": iou}, class_sets=(16, 13)).splitlines()

@@ -211,6 +211,38 @@ def write_bytes(url: str, data: bytes) -> None:
     client().put_object(Bucket=bucket, Key=key, Body=data)
 
 
+def put(location: str, data: bytes) -> None:
+    """``data`` at a local path (written to a temporary name, then renamed, its folder made) or an s3:// URL
+    (one PUT): a reader never sees half of it."""
+    if location.startswith("s3://"):
+        write_bytes(location, data)
+        return
+    os.makedirs(os.path.dirname(location) or ".", exist_ok=True)
+    with open(location + ".tmp", "wb") as f:
+        f.write(data)
+    os.replace(location + ".tmp", location)
+
+
+def remove(location: str) -> None:
+    """Remove a local file or an s3:// object when it is there; an endpoint that cannot be reached or refuses
+    is a RunError naming it."""
+    if not location.startswith("s3://"):
+        if os.path.exists(location):
+            os.remove(location)
+        return
+    import botocore.exceptions
+
+    from uda_dist.errors import RunError
+
+    if not exists(location):  # asked with the probe client: a bad endpoint or bucket fails here, in one line
+        return
+    bucket, key = split_url(location)
+    try:
+        client().delete_object(Bucket=bucket, Key=key)
+    except botocore.exceptions.ClientError as exc:
+        raise RunError(f"cannot remove {location}: {exc.response.get('Error', {}).get('Code')}") from None
+
+
 def exists(url: str) -> bool:
     """Whether the object is there, asked with the probe client: RunError naming the endpoint when it cannot
     be reached or refuses the request (credentials, permissions, a missing bucket)."""

@@ -235,14 +235,9 @@ def manifest_of(shards: Iterable[ShardInfo], *, dataset: str, split: str, labele
 def save_manifest(manifest: Manifest) -> None:
     """Write the manifest at its location, a local path (to a temporary name, then renamed) or an s3:// URL
     (one PUT): write it after its shards, so its presence means the split is complete."""
-    if manifest.location.startswith("s3://"):
-        from uda_dist.data import s3
+    from uda_dist.data import s3
 
-        s3.write_bytes(manifest.location, manifest.to_json().encode())
-        return
-    with open(manifest.location + ".tmp", "w") as f:
-        f.write(manifest.to_json())
-    os.replace(manifest.location + ".tmp", manifest.location)
+    s3.put(manifest.location, manifest.to_json().encode())
 
 
 def write_tar(chunk: list[dict[str, Any]], path: str, *, labeled: bool, keys: set[str]) -> tuple[SampleIndex, ...]:
