@@ -68,6 +68,9 @@ class BuildConfig:
     """Local folder for shards on their way to s3:// ("" = the system's temporary folder)."""
     count: int = 0
     """Only the first ``count`` samples in key order (0 = all): a quick trial build of a large split."""
+    day_pairs: bool = False
+    """Dark Zurich night train: store each night image's daytime image (corresp/) as its {key}.day member,
+    resized as the image (SePiCo's day/night pseudo-label fusion reads it)."""
 
     def __post_init__(self) -> None:
         if self.layout not in (*layouts.LAYOUTS, SYNTHETIC):
@@ -87,6 +90,7 @@ class BuildConfig:
 def build(cfg: BuildConfig) -> schema.Manifest:
     """Write the split's shards and manifest to cfg.out; returns the manifest (location = where it lies)."""
     dataset, items, labeled, encode = _plan(cfg)
+    extra_members = (schema.DAY,) if cfg.day_pairs else ()
     items = items[: cfg.count or None]
     processes = cfg.workers or os.cpu_count() or 1
     remote = cfg.out.startswith("s3://")
@@ -98,7 +102,8 @@ def build(cfg: BuildConfig) -> schema.Manifest:
                 tqdm(pool.imap(encode, items, chunksize=1), total=len(items), unit="img",
                      desc=f"{dataset}/{cfg.split}", disable=None) as samples:  # a bar on a terminal only
             manifest = schema.write_shards(samples, out_dir, dataset=dataset, split=cfg.split, labeled=labeled,
-                                           max_per_shard=cfg.samples_per_shard, on_shard=uploader.submit)
+                                           max_per_shard=cfg.samples_per_shard, on_shard=uploader.submit,
+                                           extra_members=extra_members)
         if not remote:
             return manifest
         url = f"{cfg.out.rstrip('/')}/{schema.manifest_name(dataset, cfg.split)}"
@@ -122,13 +127,16 @@ def remove_manifest(out: str, name: str) -> None:
 def _plan(cfg: BuildConfig) -> tuple[str, list[Any], bool, Any]:
     """(dataset name, work items, labeled, picklable encode function of one item)."""
     if cfg.layout == SYNTHETIC:
+        if cfg.day_pairs:
+            raise ValueError("--day-pairs is for Dark Zurich's night train split (--layout darkzurich)")
         domain = cfg.condition or "source"
         syn = synthetic.SyntheticConfig()
         items = list(range(syn.count(cfg.split)))
         synthetic.check_name(domain, cfg.split)
         encode = functools.partial(_encode_synthetic, domain=domain, split=cfg.split, syn=syn, cfg=cfg)
         return f"synthetic-{domain}", items, cfg.labels, encode
-    samples = layouts.list_samples(cfg.layout, cfg.root, cfg.split, condition=cfg.condition, labels=cfg.labels)
+    samples = layouts.list_samples(cfg.layout, cfg.root, cfg.split, condition=cfg.condition, labels=cfg.labels,
+                                   day_pairs=cfg.day_pairs)
     labeled = all(s.label is not None for s in samples)
     dataset = layouts.dataset_name(cfg.layout, cfg.condition)
     return dataset, samples, labeled, functools.partial(_encode_tree, dataset=dataset, cfg=cfg)
@@ -136,7 +144,12 @@ def _plan(cfg: BuildConfig) -> tuple[str, list[Any], bool, Any]:
 
 def _encode_tree(sample: layouts.SourceSample, *, dataset: str, cfg: BuildConfig) -> dict[str, Any]:
     image_HW3, label_HW, meta = layouts.load_sample(sample)
-    return _encode(sample.key, image_HW3, label_HW, dict(meta, dataset=dataset, split=cfg.split), cfg)
+    meta = dict(meta, dataset=dataset, split=cfg.split)
+    day_HW3 = None
+    if sample.day is not None:
+        day_HW3 = layouts.load_day_image(sample, image_HW3.shape[:2])
+        meta["day_relpath"] = os.path.relpath(sample.day, cfg.root)
+    return _encode(sample.key, image_HW3, label_HW, meta, cfg, day_HW3=day_HW3)
 
 
 def _encode_synthetic(index: int, *, domain: str, split: str, syn: synthetic.SyntheticConfig,
@@ -148,15 +161,17 @@ def _encode_synthetic(index: int, *, domain: str, split: str, syn: synthetic.Syn
 
 
 def _encode(key: str, image_HW3: np.ndarray, label_HW: np.ndarray | None, meta: dict[str, Any],
-            cfg: BuildConfig) -> dict[str, Any]:
-    """Resize as configured (the image to cfg.resize; its label only with cfg.resize_labels), then encode."""
+            cfg: BuildConfig, *, day_HW3: np.ndarray | None = None) -> dict[str, Any]:
+    """Resize as configured (the image and its day pair to cfg.resize; its label only with cfg.resize_labels),
+    then encode."""
     meta["orig_size"] = list(image_HW3.shape[:2])
     if cfg.resize is not None:
         image_HW3 = _resized(image_HW3, cfg.resize, Image.BILINEAR)
+        day_HW3 = None if day_HW3 is None else _resized(day_HW3, cfg.resize, Image.BILINEAR)
         if label_HW is not None and cfg.resize_labels and label_HW.shape != tuple(cfg.resize):
             meta.setdefault("label_resized_from", [int(n) for n in label_HW.shape])
             label_HW = _resized(label_HW, cfg.resize, Image.NEAREST)
-    return schema.encode_sample(key, image_HW3, label_HW, meta, image_format=cfg.image_format)
+    return schema.encode_sample(key, image_HW3, label_HW, meta, image_format=cfg.image_format, day_HW3=day_HW3)
 
 
 def _resized(array: np.ndarray, size: tuple[int, int], resample: int) -> np.ndarray:

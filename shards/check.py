@@ -2,7 +2,7 @@
 
 verify reads every shard with the standard library's tarfile (stream mode, through webdataset's gopen, so
 s3:// works as in training), groups members by key, and checks per sample: the schema (one image, the label
-iff the split is labeled, json), that it decodes, that the image has the size its json records, that the label
+iff the split is labeled, json, the paired day image iff the manifest lists it), that it decodes, that the image has the size its json records, that the label
 histogram equals the manifest's, and that the key and byte range equal the manifest's index; per shard, the
 sample count. Shards are checked in parallel processes; every problem is listed, not only the first.
 
@@ -28,7 +28,7 @@ def verify(location: str, *, workers: int = 0) -> list[str]:
     """Problems found in the split whose manifest is at ``location`` (empty = everything checks out)."""
     manifest = read_manifest(location)
     jobs = list(zip(manifest.urls(), manifest.shards))
-    check = functools.partial(_check_shard, labeled=manifest.labeled)
+    check = functools.partial(_check_shard, labeled=manifest.labeled, day=schema.DAY in manifest.extra_members)
     with multiprocessing.get_context("spawn").Pool(min(workers or os.cpu_count() or 1, len(jobs))) as pool:
         results = list(tqdm(pool.imap(check, jobs), total=len(jobs), unit="shard", desc="verify"))
     problems = [p for shard_problems in results for p in shard_problems]
@@ -63,7 +63,7 @@ def read_manifest(location: str) -> schema.Manifest:
     return schema.read_manifest(location)
 
 
-def _check_shard(job: tuple[str, schema.ShardInfo], *, labeled: bool) -> list[str]:
+def _check_shard(job: tuple[str, schema.ShardInfo], *, labeled: bool, day: bool = False) -> list[str]:
     url, info = job
     try:
         found = _read_tar(url)
@@ -77,16 +77,18 @@ def _check_shard(job: tuple[str, schema.ShardInfo], *, labeled: bool) -> list[st
         if expected is not None and (expected.key, expected.offset, expected.size) != (key, offset, size):
             problems.append(f"{url}: sample {position} is {key!r} at [{offset}, +{size}), manifest index says "
                             f"{expected.key!r} at [{expected.offset}, +{expected.size})")
-        problems += [f"{url}: {p}" for p in _check_sample(key, members, labeled=labeled, expected=expected)]
+        problems += [f"{url}: {p}" for p in _check_sample(key, members, labeled=labeled, expected=expected, day=day)]
     return problems
 
 
 def _check_sample(key: str, members: dict[str, bytes], *, labeled: bool,
-                  expected: schema.SampleIndex | None) -> list[str]:
+                  expected: schema.SampleIndex | None, day: bool = False) -> list[str]:
     if "json" not in members:
         return [f"sample {key!r}: no json member"]
     try:
-        _, label_HW, _ = reading.decoded({"__key__": key, **members}, labeled=labeled)
+        image_HW3, label_HW, _ = reading.decoded({"__key__": key, **members}, labeled=labeled)
+        if day:
+            schema.decode_day({"__key__": key, **members}, image_HW3.shape[:2])
     except Exception as exc:  # noqa: BLE001
         return [f"sample {key!r}: {exc}"]
     if not labeled and schema.LABEL_EXT in members:

@@ -39,7 +39,8 @@ def _build(args: argparse.Namespace) -> int:
                       out=args.out, resize=tuple(args.resize) if args.resize else None,
                       resize_labels=args.resize_labels, image_format=args.image_format,
                       samples_per_shard=args.samples_per_shard,
-                      workers=args.workers, labels=not args.no_labels, staging=args.staging, count=args.count)
+                      workers=args.workers, labels=not args.no_labels, staging=args.staging, count=args.count,
+                      day_pairs=args.day_pairs)
     manifest = build(cfg)
     print(f"wrote {manifest.num_samples} samples in {len(manifest.shards)} shards; manifest: {manifest.location}")
     return 0
@@ -82,6 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--no-labels", action="store_true", help="leave the labels out (an unlabeled target split)")
     b.add_argument("--staging", default="", help="local folder for shards on their way to s3://")
     b.add_argument("--count", type=int, default=0, help="only the first N samples (a trial build; 0 = all)")
+    b.add_argument("--day-pairs", action="store_true",
+                   help="darkzurich --split train --condition night: store each night image's daytime image "
+                        "(from corresp/) with it, for SePiCo's day/night pseudo-label fusion")
     b.set_defaults(run=_build)
     v = commands.add_parser("verify", help="decode every sample and check it against the manifest")
     v.add_argument("manifest")

@@ -12,6 +12,8 @@ sorted lists of samples (image path, label path, how to decode the label), and t
               or unpacked into one folder (mmsegmentation's data/dark_zurich):
               rgb_anon/{train,val}/{cond}/{seq}/{id}_rgb_anon.png
               + gt/val/night/{seq}/{id}_gt_labelTrainIds.png                      key "{cond}-{id}"
+              --day-pairs: corresp/train/night/*.csv (beside rgb_anon/) pairs each night train image
+              with a daytime image, stored with it (rows "train/night/{seq}/{id},train/day/{seq}/{id}")
   acdc        rgb_anon/{cond}/{split}/{seq}/{id}_rgb_anon.png
               + gt/{cond}/{split}/{seq}/{id}_gt_labelTrainIds.png                 key "{cond}-{id}"
 Keys are unique within a split and dot-free (the shard contract); the condition in Dark Zurich / ACDC keys
@@ -20,6 +22,12 @@ Dark_Zurich_{train,val}_anon/ (per archive) or rgb_anon/ and gt/ (unpacked); bot
 naming what was looked for. Either way the keys are the same (only the recorded relpath differs).
 "All conditions" (condition None) means the condition folders present, so a partial download (say ACDC fog
 and night only) works; a condition asked for by name must be there.
+Dark Zurich's night train images can be listed with their daytime images (``day_pairs=True``, SePiCo's
+day/night pseudo-label fusion after DANNet): the csv files under corresp/train/night/ (next to rgb_anon/,
+in either layout) hold one row per night image, "train/night/{seq}/{id},train/day/{seq}/{id}", paths under
+rgb_anon/ without the "_rgb_anon.png" suffix (a leading "/" or the suffix is accepted too); each night image
+gets the day image of its row. A night image without a row, two rows that disagree, or a day image that is
+not there raises ValueError naming it.
 Cityscapes test, Dark Zurich train and ACDC test have no public labels: they are listed unlabeled. Only files
 with the suffixes above, exactly that many folders down, are matched, so the siblings that are not labels to
 train on (Cityscapes *_color / *_instanceIds / *_polygons.json and its dummy test labels, ACDC / Dark Zurich
@@ -68,6 +76,8 @@ class SourceSample:
     """How to read `label`: one of "gta5", "synthia", "cityscapes", "trainid" (shards.labels.DECODERS)."""
     relpath: str
     """The image path relative to the dataset root (recorded in the shard's json)."""
+    day: str | None = None
+    """Absolute path of the paired daytime image (Dark Zurich night train listed with day_pairs=True)."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -119,10 +129,14 @@ def _check_condition(layout: str, split: str | None, condition: str | None) -> t
 
 
 def list_samples(layout: str, root: str, split: str, *, condition: str | None = None,
-                 labels: bool = True) -> list[SourceSample]:
+                 labels: bool = True, day_pairs: bool = False) -> list[SourceSample]:
     """The split's samples, sorted by key. `condition` (Dark Zurich, ACDC) picks one condition, None all of
-    them; labels=False lists the images only (label None) even for a labeled split."""
+    them; labels=False lists the images only (label None) even for a labeled split; day_pairs=True (Dark
+    Zurich night train only) gives every sample its daytime image through the correspondence files."""
     _check_layout(layout)
+    if day_pairs and (layout, split, condition) != ("darkzurich", "train", "night"):
+        raise ValueError("day pairs exist for Dark Zurich's night train images only: give layout darkzurich, "
+                         f"split train, condition night (got {layout} {split} {condition or 'all conditions'})")
     if split not in _SPLITS[layout]:
         raise ValueError(f"unknown split {split!r} for {layout}; valid splits: {', '.join(_SPLITS[layout])}")
     wanted = _check_condition(layout, split, condition)
@@ -147,7 +161,67 @@ def list_samples(layout: str, root: str, split: str, *, condition: str | None = 
     if not samples:
         raise ValueError(f"{layout} {split}: no images (*{folders[0].image_suffix}) in "
                          f"{', '.join(f.images for f in folders)}")
-    return [samples[key] for key in sorted(samples)]
+    listed = [samples[key] for key in sorted(samples)]
+    return _with_day_images(listed, _darkzurich_base(root, split)) if day_pairs else listed
+
+
+def _darkzurich_base(root: str, split: str) -> str:
+    """The folder holding a Dark Zurich split's rgb_anon/, gt/ and corresp/ (the root itself when unpacked)."""
+    return root if darkzurich_layout(root) == "unpacked" else os.path.join(root, f"Dark_Zurich_{split}_anon")
+
+
+def correspondences(base: str) -> dict[str, str]:
+    """{night image path under rgb_anon/ without suffix: its day image's}, read from every csv under
+    {base}/corresp/train/night/ (Dark Zurich's GPS-matched pairs)."""
+    import csv
+
+    folder = os.path.join(base, "corresp", "train", "night")
+    if not os.path.isdir(folder):
+        raise ValueError(f"day pairs need Dark Zurich's correspondence files: {folder} is missing (it comes "
+                         f"with the train archive, beside rgb_anon/)")
+    pairs: dict[str, tuple[str, str]] = {}
+    for dirpath, _, names in sorted(os.walk(folder)):
+        for name in sorted(n for n in names if n.endswith(".csv")):
+            path = os.path.join(dirpath, name)
+            with open(path, newline="") as f:
+                for line, row in enumerate(csv.reader(f), start=1):
+                    if not row or not "".join(row).strip():
+                        continue
+                    if len(row) != 2:
+                        raise ValueError(f"{path}:{line}: expected 'night image,day image', got {','.join(row)!r}")
+                    night, day = (_corresp_path(cell) for cell in row)
+                    where = f"{path}:{line}"
+                    if night in pairs and pairs[night][0] != day:
+                        raise ValueError(f"{where}: night image {night} is paired with {day} here and with "
+                                         f"{pairs[night][0]} at {pairs[night][1]}")
+                    pairs[night] = (day, where)
+    if not pairs:
+        raise ValueError(f"no correspondence rows in the csv files under {folder}")
+    return {night: day for night, (day, _) in pairs.items()}
+
+
+def _corresp_path(cell: str) -> str:
+    """A correspondence file's image path as "train/{cond}/{seq}/{id}" (leading "/" and suffix dropped)."""
+    path = cell.strip().lstrip("/")
+    for suffix in (RGB_ANON, RGB_ANON[:-len(".png")]):
+        if path.endswith(suffix):
+            return path[:-len(suffix)]
+    return path
+
+
+def _with_day_images(samples: list[SourceSample], base: str) -> list[SourceSample]:
+    pairs, images = correspondences(base), os.path.join(base, "rgb_anon")
+    paired = []
+    for sample in samples:
+        night = os.path.relpath(sample.image, images)[:-len(RGB_ANON)].replace(os.sep, "/")
+        if night not in pairs:
+            raise ValueError(f"night image {sample.image} has no row in the correspondence files under "
+                             f"{os.path.join(base, 'corresp', 'train', 'night')}")
+        day = os.path.join(images, *pairs[night].split("/")) + RGB_ANON
+        if not os.path.isfile(day):
+            raise ValueError(f"day image {day}, paired with {sample.image} by the correspondence files, is missing")
+        paired.append(dataclasses.replace(sample, day=day))
+    return paired
 
 
 def _folder(layout: str, root: str, split: str, cond: str | None) -> _Folder:
@@ -162,7 +236,7 @@ def _folder(layout: str, root: str, split: str, cond: str | None) -> _Folder:
                        labels=j(root, "gtFine", split), label_suffix="_gtFine_labelIds.png", depth=1,
                        decoder="cityscapes")
     if layout == "darkzurich":
-        base = root if darkzurich_layout(root) == "unpacked" else j(root, f"Dark_Zurich_{split}_anon")
+        base = _darkzurich_base(root, split)
         images, labels = j(base, "rgb_anon", split, cond), j(base, "gt", split, cond)
     else:
         images, labels = j(root, "rgb_anon", cond, split), j(root, "gt", cond, split)
@@ -240,6 +314,15 @@ def load_sample(sample: SourceSample) -> tuple[np.ndarray, np.ndarray | None, di
         height, width = image_HW3.shape[:2]
         label_HW = np.array(Image.fromarray(label_HW).resize((width, height), Image.NEAREST))
     return image_HW3, label_HW, meta
+
+
+def load_day_image(sample: SourceSample, size_hw: tuple[int, int]) -> np.ndarray:
+    """The sample's paired day image as uint8 HxWx3 at ``size_hw`` (its night image's size; bilinear when it
+    differs); ValueError naming the file when it cannot be decoded."""
+    day_HW3 = _decoded(sample.day, "day image", read_image)
+    if day_HW3.shape[:2] != tuple(size_hw):
+        day_HW3 = np.asarray(Image.fromarray(day_HW3).resize((size_hw[1], size_hw[0]), Image.BILINEAR))
+    return day_HW3
 
 
 def read_image(path: str) -> np.ndarray:

@@ -280,9 +280,21 @@ DARKZURICH_TRAIN_FRAMES = {"night": (("GOPR0351", 159), ("GOPR0351", 160), ("GOP
 DARKZURICH_VAL_FRAMES = (("GOPR0356", 321), ("GOPR0356", 322))
 
 
+DARKZURICH_CORRESP_ROWS = {
+    "GOPR0351": ("train/night/GOPR0351/GOPR0351_frame_000159,train/day/GOPR0346/GOPR0346_frame_000001", "",
+                 "/train/night/GOPR0351/GOPR0351_frame_000160_rgb_anon.png,"
+                 "/train/day/GOPR0347/GOPR0347_frame_000005_rgb_anon.png"),
+    "GOPR0355": ("train/night/GOPR0355/GOPR0355_frame_000007,train/day/GOPR0346/GOPR0346_frame_000001",)}
+"""corresp/train/night/{seq}.csv rows (the published form, a blank line, and a leading "/" with the suffix)."""
+DARKZURICH_DAY_PAIRS = {"night-GOPR0351_frame_000159": "day-GOPR0346_frame_000001",
+                        "night-GOPR0351_frame_000160": "day-GOPR0347_frame_000005",
+                        "night-GOPR0355_frame_000007": "day-GOPR0346_frame_000001"}
+"""The day image key of each night train key, by DARKZURICH_CORRESP_ROWS."""
+
+
 def make_darkzurich_tree(root: str, rng: np.random.Generator, *, unpacked: bool = False) -> Tree:
     """One folder per archive: `root` holds Dark_Zurich_train_anon/rgb_anon/train/{night,twilight,day}/GOPRxxxx/
-    (unlabeled; a corresp/ csv decoy) and Dark_Zurich_val_anon/{rgb_anon,gt}/val/night/GOPR0356/
+    (unlabeled; corresp/train/night/*.csv pairing the night frames with day frames) and Dark_Zurich_val_anon/{rgb_anon,gt}/val/night/GOPR0356/
     (labelTrainIds). unpacked=True: the same frames unpacked into `root` (mmsegmentation's data/dark_zurich):
     rgb_anon/{train,val}/..., gt/val/night/..., corresp/, with gps/ and rgb_anon/val_ref/ decoys."""
     train_base, val_base = ("", "") if unpacked else ("Dark_Zurich_train_anon/", "Dark_Zurich_val_anon/")
@@ -290,9 +302,9 @@ def make_darkzurich_tree(root: str, rng: np.random.Generator, *, unpacked: bool 
     for condition, frames in DARKZURICH_TRAIN_FRAMES.items():
         tree[("train", condition)] = _write_sequence_frames(
             root, f"{train_base}rgb_anon/train/{condition}", None, condition, frames, rng)
-    corresp = os.path.join(root, train_base, "corresp", "train", "night", "GOPR0351.csv")
-    with open(_mkdirs(corresp), "w") as f:
-        f.write("GOPR0351_frame_000159_rgb_anon,GOPR0346_frame_000001_rgb_anon\n")
+    for seq, rows in DARKZURICH_CORRESP_ROWS.items():
+        with open(_mkdirs(os.path.join(root, train_base, "corresp", "train", "night", f"{seq}.csv")), "w") as f:
+            f.write("".join(f"{row}\n" for row in rows))
     tree[("val", "night")] = _write_sequence_frames(root, f"{val_base}rgb_anon/val/night",
                                                     f"{val_base}gt/val/night", "night", DARKZURICH_VAL_FRAMES, rng)
     if unpacked:

@@ -268,7 +268,7 @@ def prepare_data(cfg: RunConfig, *, target_labels_later: bool = False) -> None:
     benchmark generated once here instead of by several workers at the same time on this machine. A method
     that reads the target's (pseudo-)labels needs a pseudo-label target split, unless an earlier stage is to
     write it (``target_labels_later``)."""
-    from uda_dist.data.sources import check_pseudo_label_target, load_manifest
+    from uda_dist.data.sources import check_day_pairs, check_pseudo_label_target, load_manifest
 
     for key in ("source", "target", "val"):
         location = getattr(cfg.data, key)
@@ -278,6 +278,8 @@ def prepare_data(cfg: RunConfig, *, target_labels_later: bool = False) -> None:
             raise RunError(f"data.{key}: {e}") from None
         if key == "target" and cfg.method.reads_target_labels and not target_labels_later:
             check_pseudo_label_target(manifest, location)
+        if key == "target" and cfg.method.reads_day_pairs:
+            check_day_pairs(manifest, location)
 
 
 def _worker(config: dict[str, Any]) -> None:

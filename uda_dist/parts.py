@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from uda_dist.auxiliary import Auxiliaries, check_one_optimizer_each
-from uda_dist.data.sources import check_pseudo_label_target, load_manifest
+from uda_dist.data.sources import check_day_pairs, check_pseudo_label_target, load_manifest
 from uda_dist.data.webdataset import eval_loader, target_loader_config, train_loader
 from uda_dist.dist import collectives
 from uda_dist.dist.engine import build_engine
@@ -155,8 +155,11 @@ class Parts:
             labeled = cfg.method.reads_target_labels
             if labeled:
                 check_pseudo_label_target(target, data.target)
+            if cfg.method.reads_day_pairs:
+                check_day_pairs(target, data.target)
             self.target = Stream(train_loader(target, cfg=target_loader_config(data.loader), labeled=labeled,
-                                               seed=cfg.seed + 1, **shards), self.bad_data)
+                                               seed=cfg.seed + 1, day_pairs=cfg.method.reads_day_pairs, **shards),
+                                 self.bad_data)
             self.target_split = lambda: eval_loader(target.urls(), cfg=data.loader, labeled=False, **shards)
 
     def start_method(self, device: torch.device) -> None:

@@ -162,3 +162,8 @@ def test_a_stopped_run_is_marked_killed_in_mlflow(tiny_data_dir, tmp_path, sig, 
 def test_offline_pseudo_labels_never_read_the_targets_own_labels(cli):
     code, err, _ = cli("method.pseudo_source=offline", recipe="synthetic_self_training")
     assert_one_line_error(code, err, "method.pseudo_source='offline'", "'train', not a pseudo-label split")
+
+
+def test_day_night_fusion_on_a_target_without_day_pairs_names_the_build_flag(cli):
+    code, err, _ = cli("method.day_night.enabled=true", recipe="synthetic_self_training")
+    assert_one_line_error(code, err, "method.day_night", "data.target", "holds no day images", "--day-pairs")

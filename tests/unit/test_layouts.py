@@ -176,6 +176,58 @@ def test_darkzurich_unpacked_with_a_missing_folder_names_it(tmp_path):
     assert len(layouts.list_samples("darkzurich", root, "train")) == 7  # rgb_anon/ alone is the unpacked layout
 
 
+@pytest.mark.parametrize("dz_layout", sorted(trees.DARKZURICH_MAKERS))
+def test_darkzurich_night_train_lists_its_day_pairs_from_the_correspondence_files(tmp_path, dz_layout):
+    root = str(tmp_path / dz_layout)
+    tree = trees.DARKZURICH_MAKERS[dz_layout](root, np.random.default_rng(5))
+    samples = layouts.list_samples("darkzurich", root, "train", condition="night", day_pairs=True)
+    assert {s.key: s.day for s in samples} == {
+        night: os.path.join(root, "" if dz_layout == "unpacked" else "Dark_Zurich_train_anon", "rgb_anon", "train",
+                            "day", day[4:12], f"{day[4:]}_rgb_anon.png")
+        for night, day in trees.DARKZURICH_DAY_PAIRS.items()}
+    for sample in samples:
+        night = tree[("train", "night")][sample.key].image
+        day = tree[("train", "day")][trees.DARKZURICH_DAY_PAIRS[sample.key]].image
+        want = np.asarray(Image.fromarray(day).resize(night.shape[1::-1], Image.BILINEAR)) \
+            if day.shape != night.shape else day
+        np.testing.assert_array_equal(layouts.load_day_image(sample, night.shape[:2]), want)
+    assert all(s.day is None for s in layouts.list_samples("darkzurich", root, "train", condition="night"))
+
+
+def _corresp(root: str) -> str:
+    return os.path.join(root, "Dark_Zurich_train_anon", "corresp", "train", "night")
+
+
+@pytest.mark.parametrize("breakage, message", [
+    ("no_folder", r"day pairs need Dark Zurich's correspondence files: .*corresp/train/night is missing"),
+    ("no_row", r"night image .*GOPR0355_frame_000007_rgb_anon\.png has no row in the correspondence files"),
+    ("no_day", r"day image .*GOPR0347_frame_000005_rgb_anon\.png, paired with .*GOPR0351_frame_000160_rgb_anon"
+               r"\.png by the correspondence files, is missing"),
+    ("conflict", r"GOPR0355\.csv:2: night image train/night/GOPR0351/GOPR0351_frame_000159 is paired with "
+                 r"train/day/GOPR0347/GOPR0347_frame_000005 here and with train/day/GOPR0346/GOPR0346_frame_000001 "
+                 r"at .*GOPR0351\.csv:1"),
+    ("bad_row", r"GOPR0355\.csv:1: expected 'night image,day image', got 'a,b,c'"),
+    ("not_night", r"day pairs exist for Dark Zurich's night train images only: .*got darkzurich train twilight")])
+def test_day_pairs_that_cannot_be_made_are_one_line_naming_the_file(tmp_path, breakage, message):
+    root, _ = _tree(tmp_path, "darkzurich")
+    condition = "twilight" if breakage == "not_night" else "night"
+    if breakage == "no_folder":
+        shutil.rmtree(_corresp(root))
+    elif breakage == "no_row":
+        os.remove(os.path.join(_corresp(root), "GOPR0355.csv"))
+    elif breakage == "no_day":
+        os.remove(os.path.join(root, "Dark_Zurich_train_anon", "rgb_anon", "train", "day", "GOPR0347",
+                               "GOPR0347_frame_000005_rgb_anon.png"))
+        shutil.rmtree(os.path.join(root, "Dark_Zurich_train_anon", "rgb_anon", "train", "day", "GOPR0347"))
+    elif breakage in ("conflict", "bad_row"):
+        with open(os.path.join(_corresp(root), "GOPR0355.csv"), "a" if breakage == "conflict" else "w") as f:
+            f.write("train/night/GOPR0351/GOPR0351_frame_000159,train/day/GOPR0347/GOPR0347_frame_000005\n"
+                    if breakage == "conflict" else "a,b,c\n")
+    with pytest.raises(ValueError, match=message) as error:
+        layouts.list_samples("darkzurich", root, "train", condition=condition, day_pairs=True)
+    assert "\n" not in str(error.value)
+
+
 # ---------------------------------------------------------------- files that cannot be decoded
 
 def _truncate(path: str, keep: float = 0.5) -> None:

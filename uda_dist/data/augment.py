@@ -48,18 +48,33 @@ def random_scale_crop_flip(image_HW3: np.ndarray, label_HW: np.ndarray | None, *
     """Resize to cfg.resize times U(cfg.scale_range), random crop of cfg.crop_size (retrying crops that one
     class dominates, see cfg.cat_max_ratio), pad to the crop size (image 0, label 255), flip with p=0.5.
     Image and label stay pixel-aligned; the returned arrays are uint8 (crop_H, crop_W, 3) and (crop_H, crop_W)."""
+    image_HW3, label_HW, _ = paired_scale_crop_flip(image_HW3, label_HW, None, rng=rng, cfg=cfg)
+    return image_HW3, label_HW
+
+
+def paired_scale_crop_flip(image_HW3: np.ndarray, label_HW: np.ndarray | None, pair_HW3: np.ndarray | None, *,
+                           rng: np.random.Generator, cfg: LoaderConfig
+                           ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """random_scale_crop_flip, with ``pair_HW3`` (an image of the same size: a night image's daytime pair) given
+    the same resize, crop, flip and pad as the image; the random draws are the same with or without it."""
     base_h, base_w = cfg.resize if cfg.resize is not None else image_HW3.shape[:2]
     scale = rng.uniform(*cfg.scale_range)
     size_hw = (max(1, round(base_h * scale)), max(1, round(base_w * scale)))
+    if pair_HW3 is not None:
+        pair_HW3, _ = _resize(pair_HW3, None, size_hw)
     image_HW3, label_HW = _resize(image_HW3, label_HW, size_hw)
     top, left = _choose_crop(label_HW, image_HW3.shape[:2], rng=rng, cfg=cfg)
     crop_h, crop_w = cfg.crop_size
-    image_HW3 = image_HW3[top:top + crop_h, left:left + crop_w]
-    label_HW = None if label_HW is None else label_HW[top:top + crop_h, left:left + crop_w]
+    window = (slice(top, top + crop_h), slice(left, left + crop_w))
+    image_HW3 = image_HW3[window]
+    label_HW = None if label_HW is None else label_HW[window]
+    pair_HW3 = None if pair_HW3 is None else pair_HW3[window]
     if cfg.flip and rng.random() < 0.5:
         image_HW3 = image_HW3[:, ::-1]
         label_HW = None if label_HW is None else label_HW[:, ::-1]
-    return _pad(image_HW3, label_HW, cfg.crop_size)
+        pair_HW3 = None if pair_HW3 is None else pair_HW3[:, ::-1]
+    image_HW3, label_HW = _pad(image_HW3, label_HW, cfg.crop_size)
+    return image_HW3, label_HW, None if pair_HW3 is None else _pad(pair_HW3, None, cfg.crop_size)[0]
 
 
 def _resize(image_HW3: np.ndarray, label_HW: np.ndarray | None,

@@ -5,6 +5,9 @@ A sample is consecutive tar members sharing a key (the conventions below):
   {key}.label.png          single-channel 8-bit trainIds, 255 = ignore (absent for unlabeled data), at the
                            image's size or another: a split built with its images resized keeps its labels
                            at the published resolution, which the papers score at (label_size in the json)
+  {key}.day.png or .jpg    optional: the paired daytime image of a night image, at the image's size (Dark
+                           Zurich night train built with --day-pairs; the manifest lists "day" in
+                           extra_members when every sample of the split carries one)
   {key}.json               dataset, split, original path, size [H, W] of the image, label_size [H, W] when the
                            label's differs, class pixel histogram (of the label as stored)
 Shards are plain tar files written by webdataset's TarWriter with a fixed mtime and a fixed member order,
@@ -42,6 +45,8 @@ PALETTE = np.array([  # the Cityscapes colours of the 19 trainIds
 SHARD_MTIME = 0.0  # fixed tar member mtime: rebuilt shards are byte-identical
 IMAGE_EXTS = ("png", "jpg")
 LABEL_EXT = "label.png"
+DAY = "day"
+"""The optional paired daytime image: member {key}.day.png or {key}.day.jpg, listed in Manifest.extra_members."""
 MANIFEST_SUFFIX = ".manifest.json"
 
 
@@ -58,23 +63,24 @@ def encode_png(array: np.ndarray) -> bytes:
 
 
 def encode_sample(key: str, image_HW3: np.ndarray, label_HW: np.ndarray | None,
-                  meta: dict[str, Any], *, image_format: str = "png") -> dict[str, Any]:
-    """Build the member dict for TarWriter.write. Member order is fixed by TarWriter (sorted keys)."""
+                  meta: dict[str, Any], *, image_format: str = "png", day_HW3: np.ndarray | None = None
+                  ) -> dict[str, Any]:
+    """Build the member dict for TarWriter.write. Member order is fixed by TarWriter (sorted keys). ``day_HW3``
+    (a night image's paired daytime image, the image's size) becomes the {key}.day.<image_format> member."""
     if not key or "." in key:
         raise SchemaError(f"sample key {key!r} must be non-empty and dot-free: readers split member names "
                           f"at the first dot ({key!r}.{LABEL_EXT} would not group with its image)")
     if image_HW3.dtype != np.uint8 or image_HW3.ndim != 3 or image_HW3.shape[2] != 3:
         raise SchemaError(f"sample {key!r}: image must be uint8 HxWx3, got {image_HW3.dtype} {image_HW3.shape}")
     meta = dict(meta, size=[int(image_HW3.shape[0]), int(image_HW3.shape[1])])
-    if image_format == "png":
-        image_bytes = encode_png(image_HW3)
-    elif image_format == "jpg":
-        buf = io.BytesIO()
-        Image.fromarray(image_HW3).save(buf, format="JPEG", quality=95)
-        image_bytes = buf.getvalue()
-    else:
+    if image_format not in IMAGE_EXTS:
         raise SchemaError(f"image_format must be one of {IMAGE_EXTS}, got {image_format!r}")
-    sample = {"__key__": key, image_format: image_bytes}
+    sample = {"__key__": key, image_format: _encode_image(image_HW3, image_format)}
+    if day_HW3 is not None:
+        if day_HW3.dtype != np.uint8 or day_HW3.shape != image_HW3.shape:
+            raise SchemaError(f"sample {key!r}: the day image must be uint8 {image_HW3.shape} as the image, got "
+                              f"{day_HW3.dtype} {day_HW3.shape}")
+        sample[f"{DAY}.{image_format}"] = _encode_image(day_HW3, image_format)
     if label_HW is not None:
         check_label_size(key, label_HW, image_HW3.shape[:2])
         if label_HW.shape != image_HW3.shape[:2]:
@@ -83,6 +89,28 @@ def encode_sample(key: str, image_HW3: np.ndarray, label_HW: np.ndarray | None,
         meta["class_hist"] = class_histogram(label_HW)
     sample["json"] = json.dumps(meta, sort_keys=True).encode()
     return sample
+
+
+def _encode_image(image_HW3: np.ndarray, image_format: str) -> bytes:
+    if image_format == "png":
+        return encode_png(image_HW3)
+    buf = io.BytesIO()
+    Image.fromarray(image_HW3).save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
+
+
+def decode_day(sample: dict[str, Any], size_hw: tuple[int, int]) -> np.ndarray:
+    """The paired daytime image (uint8 HxWx3) from raw tar members; SchemaError when the sample has none or its
+    size is not ``size_hw`` (its image's)."""
+    key = sample.get("__key__", "?")
+    members = [f"{DAY}.{ext}" for ext in IMAGE_EXTS if f"{DAY}.{ext}" in sample]
+    if len(members) != 1:
+        raise SchemaError(f"sample {key!r}: expected one paired day image member ({DAY}.png or {DAY}.jpg), got "
+                          f"{sorted(k for k in sample if not k.startswith('__'))}")
+    day_HW3 = decode_image(sample[members[0]])
+    if day_HW3.shape[:2] != tuple(size_hw):
+        raise SchemaError(f"sample {key!r}: day image is {day_HW3.shape[:2]}, its image {tuple(size_hw)}")
+    return day_HW3
 
 
 def decode_image(data: bytes) -> np.ndarray:
@@ -149,6 +177,8 @@ class Manifest:
     shards: tuple[ShardInfo, ...]
     class_pixels: tuple[int, ...]
     location: str = ""  # where the manifest was read from; shard URLs resolve relative to its folder
+    extra_members: tuple[str, ...] = ()
+    """Optional members every sample of the split carries: ("day",) for night images with their day pairs."""
 
     @property
     def num_samples(self) -> int:
@@ -162,6 +192,8 @@ class Manifest:
     def to_json(self) -> str:
         d = dataclasses.asdict(self)
         d.pop("location")
+        if not self.extra_members:
+            d.pop("extra_members")  # manifests without extras read as before
         d["num_samples"] = self.num_samples
         for shard in d["shards"]:  # one line per sample keeps a 25k-sample manifest readable and small
             shard["samples"] = [[s["key"], s["offset"], s["size"], s["class_pixels"]] for s in shard["samples"]]
@@ -175,7 +207,8 @@ class Manifest:
                                      samples=tuple(_sample_index(*row) for row in s.get("samples", ())))
                            for s in d["shards"])
             return cls(dataset=d["dataset"], split=d["split"], labeled=bool(d["labeled"]), shards=shards,
-                       class_pixels=tuple(int(c) for c in d["class_pixels"]), location=location)
+                       class_pixels=tuple(int(c) for c in d["class_pixels"]), location=location,
+                       extra_members=tuple(str(m) for m in d.get("extra_members", ())))
         except (KeyError, TypeError, ValueError) as e:
             raise SchemaError(f"manifest {location or '<text>'} is malformed: {e!r}") from e
 
@@ -201,23 +234,26 @@ def manifest_name(dataset: str, split: str) -> str:
 
 def write_shards(samples: Iterable[dict[str, Any]], out_dir: str, *, dataset: str, split: str,
                  labeled: bool, max_per_shard: int = 100,
-                 on_shard: Callable[[str], None] | None = None) -> Manifest:
+                 on_shard: Callable[[str], None] | None = None, extra_members: tuple[str, ...] = ()) -> Manifest:
     """Write encoded samples (from encode_sample) to {out_dir}/{dataset}-{split}-NNNNNN.tar and the manifest
     {out_dir}/{dataset}-{split}.manifest.json (written last, atomically, so its presence means complete).
-    ``on_shard(path)`` is called as each shard is complete (the shard builder uploads it from there)."""
+    ``on_shard(path)`` is called as each shard is complete (the shard builder uploads it from there).
+    ``extra_members`` (("day",)): members every sample must carry, recorded in the manifest."""
     os.makedirs(out_dir, exist_ok=True)
     shards: list[ShardInfo] = []
     keys: set[str] = set()
     for index, chunk in enumerate(_chunks(samples, max_per_shard)):
         name = f"{dataset}-{split}-{index:06d}.tar"
         shards.append(ShardInfo(url=name, num_samples=len(chunk),
-                                samples=write_tar(chunk, os.path.join(out_dir, name), labeled=labeled, keys=keys)))
+                                samples=write_tar(chunk, os.path.join(out_dir, name), labeled=labeled, keys=keys,
+                                                  extra_members=extra_members)))
         if on_shard is not None:
             on_shard(os.path.join(out_dir, name))
     if not shards:
         raise SchemaError(f"{dataset}/{split}: no samples to write")
     path = os.path.join(out_dir, manifest_name(dataset, split))
-    manifest = manifest_of(shards, dataset=dataset, split=split, labeled=labeled, location=path)
+    manifest = dataclasses.replace(manifest_of(shards, dataset=dataset, split=split, labeled=labeled, location=path),
+                                   extra_members=tuple(extra_members))
     save_manifest(manifest)
     return manifest
 
@@ -240,7 +276,8 @@ def save_manifest(manifest: Manifest) -> None:
     s3.put(manifest.location, manifest.to_json().encode())
 
 
-def write_tar(chunk: list[dict[str, Any]], path: str, *, labeled: bool, keys: set[str]) -> tuple[SampleIndex, ...]:
+def write_tar(chunk: list[dict[str, Any]], path: str, *, labeled: bool, keys: set[str],
+              extra_members: tuple[str, ...] = ()) -> tuple[SampleIndex, ...]:
     """One shard, written to a temporary name and renamed; returns the index of its samples. The byte range
     of a sample comes from the tar writer's own offset before and after it (tarfile pads members to 512 B)."""
     import webdataset as wds
@@ -252,6 +289,9 @@ def write_tar(chunk: list[dict[str, Any]], path: str, *, labeled: bool, keys: se
             if labeled != (LABEL_EXT in sample):
                 raise SchemaError(f"sample {key!r}: labeled={labeled} but label member "
                                   f"{'missing' if labeled else 'present'}")
+            for extra in extra_members:
+                if not any(member.split(".")[0] == extra for member in sample if not member.startswith("__")):
+                    raise SchemaError(f"sample {key!r}: no {extra!r} member, which every sample of the split carries")
             if key in keys:
                 raise SchemaError(f"sample key {key!r} appears twice in the split")
             keys.add(key)

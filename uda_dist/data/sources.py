@@ -11,7 +11,7 @@ import dataclasses
 import os
 
 from uda_dist.data import s3
-from uda_dist.data.schema import MANIFEST_SUFFIX, Manifest, read_manifest
+from uda_dist.data.schema import DAY, MANIFEST_SUFFIX, Manifest, read_manifest
 from uda_dist.errors import ConfigError
 from uda_dist.data.synthetic import SyntheticConfig, resolve_manifest
 from uda_dist.data.webdataset import LoaderConfig
@@ -61,3 +61,12 @@ def check_pseudo_label_target(target: Manifest, location: str) -> None:
                           f"({location}) is the split {target.split!r}, not a pseudo-label split: point data.target "
                           f"at a *{SPLIT_SUFFIX}.manifest.json written by a run with label.enabled=true, or use a "
                           f"staged run's labels_from with labels_as='target'")
+
+
+def check_day_pairs(target: Manifest, location: str) -> None:
+    """The day/night pseudo-label fusion reads each night image's daytime pair: data.target must be a split
+    built with them (its manifest lists the "day" member); ConfigError otherwise."""
+    if DAY not in target.extra_members:
+        raise ConfigError(f"method.day_night fuses each night image's daytime pair, but data.target ({location}) "
+                          f"holds no day images: build it with python -m shards build --layout darkzurich "
+                          f"--split train --condition night --day-pairs")

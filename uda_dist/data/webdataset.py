@@ -43,7 +43,7 @@ import torch
 import webdataset as wds
 
 from uda_dist.data import schema
-from uda_dist.data.augment import CAT_MAX_RETRIES as CROP_RETRIES, random_scale_crop_flip
+from uda_dist.data.augment import CAT_MAX_RETRIES as CROP_RETRIES, paired_scale_crop_flip
 from uda_dist.data.reading import BAD_DATA_POLICIES, BadData, decoded, rare_class_sampler, read_samples, recorded_size
 
 
@@ -140,11 +140,12 @@ class TrainLoader(torch.utils.data.DataLoader):
 
 
 def train_loader(split: list[str] | schema.Manifest, *, cfg: LoaderConfig, labeled: bool, seed: int, rank: int = 0,
-                 world_size: int = 1, first_epoch: int = 0) -> TrainLoader:
+                 world_size: int = 1, first_epoch: int = 0, day_pairs: bool = False) -> TrainLoader:
     """Endless augmented batches cut into epochs of cfg.epoch_batches: dicts with "image" float32
     [B, 3, crop_H, crop_W] in [0, 1], "label" int64 [B, crop_H, crop_W] (255 = ignore; only when labeled;
     with labeled=False label members are not even decoded), "key" list[str] and "bad_data" (counts, see
-    reading.BadData). ``split`` is a manifest or its shard URLs (rare class sampling needs the manifest).
+    reading.BadData). With day_pairs, "day_image" float32 [B, 3, crop_H, crop_W]: each sample's paired daytime
+    image under the same resize, crop and flip (a sample without one falls under the bad-data policy). ``split`` is a manifest or its shard URLs (rare class sampling needs the manifest).
     Deterministic given (split, cfg, seed, rank, num_workers); ranks and workers draw different streams."""
     urls = split.urls() if isinstance(split, schema.Manifest) else split
     _check_args(urls, rank, world_size)
@@ -156,7 +157,7 @@ def train_loader(split: list[str] | schema.Manifest, *, cfg: LoaderConfig, label
             raise ValueError("rare class sampling (rcs_temperature > 0) needs a labeled split given as a Manifest")
         sampler = rare_class_sampler(split, temperature=cfg.rcs_temperature, min_pixels=cfg.rcs_min_pixels)
     stream = _TrainStream(list(urls), cfg=cfg, labeled=labeled, seed=seed, rank=rank, epoch=first_epoch - 1,
-                          sampler=sampler)
+                          sampler=sampler, day_pairs=day_pairs)
     return TrainLoader(stream, batch_size=None, num_workers=cfg.num_workers, persistent_workers=False,
                        pin_memory=torch.cuda.is_available())
 
@@ -197,10 +198,10 @@ class _TrainStream(torch.utils.data.IterableDataset):
     """One rank's training stream; the webdataset pipeline is built per worker and epoch in __iter__."""
 
     def __init__(self, urls: list[str], *, cfg: LoaderConfig, labeled: bool, seed: int, rank: int,
-                 epoch: int, sampler: Any = None):
+                 epoch: int, sampler: Any = None, day_pairs: bool = False):
         super().__init__()
         self.urls, self.cfg, self.labeled, self.seed, self.rank, self.epoch = urls, cfg, labeled, seed, rank, epoch
-        self.sampler = sampler
+        self.sampler, self.day_pairs = sampler, day_pairs
 
     def __len__(self) -> int:
         return self.cfg.epoch_batches
@@ -218,7 +219,7 @@ class _TrainStream(torch.utils.data.IterableDataset):
             shuffle_rng = random.Random(int(shuffle_seq.generate_state(1)[0]))
             stages.append(wds.shuffle(self.cfg.shuffle_buffer, initial=self.cfg.shuffle_buffer, rng=shuffle_rng))
         augment = functools.partial(_train_samples, rng=np.random.default_rng(augment_seq), cfg=self.cfg,
-                                    labeled=self.labeled, bad=bad)
+                                    labeled=self.labeled, bad=bad, day_pairs=self.day_pairs)
         stages += [augment, wds.batched(self.cfg.batch_size, collation_fn=_collate, partial=False),
                    functools.partial(_with_counts, bad=bad)]
         return iter(wds.DataPipeline(*stages).with_epoch(nbatches=num_batches))
@@ -236,21 +237,25 @@ def _endless_draws(sampler: Any, rng: np.random.Generator) -> Iterator[dict[str,
 
 
 def _train_samples(raws: Iterator[dict[str, Any]], *, rng: np.random.Generator, cfg: LoaderConfig,
-                   labeled: bool, bad: BadData) -> Iterator[dict[str, Any]]:
-    """Decoded, augmented samples; unusable ones go to the bad-data policy."""
+                   labeled: bool, bad: BadData, day_pairs: bool = False) -> Iterator[dict[str, Any]]:
+    """Decoded, augmented samples (with their day pairs when asked); unusable ones go to the bad-data policy."""
     for raw in raws:
         try:
             image_HW3, label_HW, _ = decoded(raw, labeled=labeled)
+            day_HW3 = schema.decode_day(raw, image_HW3.shape[:2]) if day_pairs else None
         except Exception as exc:  # noqa: BLE001 - any decoding failure falls under the policy
             bad.bad_sample(raw.get("__key__", "?"), raw.get("__url__", "?"), exc)
             continue
         bad.good()
         rcs_class = raw.get("__rcs_class__")
         for _ in range(CROP_RETRIES + 1 if rcs_class is not None else 1):  # DAFormer: 10 re-draws
-            crop_HW3, crop_HW = random_scale_crop_flip(image_HW3, label_HW, rng=rng, cfg=cfg)
+            crop_HW3, crop_HW, day_crop_HW3 = paired_scale_crop_flip(image_HW3, label_HW, day_HW3, rng=rng, cfg=cfg)
             if rcs_class is None or (crop_HW == rcs_class).sum() > cfg.rcs_min_pixels * cfg.rcs_min_crop_ratio:
                 break
-        yield {"key": raw["__key__"], "image": crop_HW3, "label": crop_HW}
+        sample = {"key": raw["__key__"], "image": crop_HW3, "label": crop_HW}
+        if day_pairs:
+            sample["day"] = day_crop_HW3
+        yield sample
 
 
 def _with_counts(batches: Iterator[dict[str, Any]], *, bad: BadData) -> Iterator[dict[str, Any]]:
@@ -329,6 +334,9 @@ def _collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
                          f"use eval_batch_size=1 for splits with mixed image sizes")
     image_B3HW = torch.from_numpy(np.stack([s["image"] for s in samples])).permute(0, 3, 1, 2).contiguous()
     batch: dict[str, Any] = {"image": image_B3HW.float().div_(255.0), "key": keys}
+    if "day" in samples[0]:
+        day_B3HW = torch.from_numpy(np.stack([s["day"] for s in samples])).permute(0, 3, 1, 2).contiguous()
+        batch["day_image"] = day_B3HW.float().div_(255.0)
     if samples[0]["label"] is not None:
         batch["label"] = torch.from_numpy(np.stack([s["label"] for s in samples])).long()
     if "valid" in samples[0]:

@@ -41,6 +41,11 @@ class MethodConfig:
         the target's own ground truth (the run checks that data.target is a pseudo-label split)."""
         return False
 
+    @property
+    def reads_day_pairs(self) -> bool:
+        """Whether the target stream must carry each night image's daytime pair (SePiCo's day/night fusion)."""
+        return False
+
     def build(self, student: nn.Module, *, seed: int, reducer: Reducer | None = None,
               total_steps: int = 0) -> "Method":
         """The method for this student. ``reducer`` sums a flat tensor over workers in place (the identity in

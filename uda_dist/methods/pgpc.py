@@ -79,8 +79,8 @@ class PGPCContrast(ContrastTerm):
     def mix_losses(self, ctx: StepContext, mixed: MixedPass) -> dict[str, torch.Tensor]:
         if not self.on(ctx.step):
             return {}
-        teacher_BKHW = ctx.pseudo_view.logits_BKHW
-        confident_BHW = torch.softmax(teacher_BKHW.float(), dim=1).amax(dim=1) >= self.cfg.threshold
+        teacher_BKHW = ctx.pseudo_view.scores_BKHW()
+        confident_BHW = ctx.pseudo_view.confidence_BHW() >= self.cfg.threshold
         self._log = {"pgpc.reliable_ratio": confident_BHW.float().mean()}
         reliable_BHW = mix(mixed.mask_BHW, torch.ones_like(confident_BHW), confident_BHW)
         pasted_BKHW = F.one_hot(torch.where(mixed.mask_BHW, mixed.label_BHW, 0), teacher_BKHW.shape[1]).permute(

@@ -8,6 +8,9 @@ Parts a recipe chooses (each a config field; no method subclasses another):
   offline pseudo-labels an earlier stage wrote (the target stream then carries them as its labels);
 - how the pseudo-labels are weighted or selected (``pseudo_selection``, uda_dist.methods.labelers): DAFormer's
   confidence weight, or DiGA's agreement with the nearest target feature centroid;
+- SePiCo's day/night fusion (``day_night``, uda_dist.methods.labelers): the teacher's prediction on each night
+  image's daytime pair fused into its pseudo-labels, and per-class weights (``class_weight``, SePiCo's class
+  prior on Dark Zurich) on the fused scores and the cross-entropies;
 - plug-in loss terms (uda_dist.methods.terms), each off by default: DiGA's symmetric distillation
   (``distillation``, uda_dist.methods.distillation; with ``pseudo_weight=0`` there is no target term: DiGA's
   source-only warm-up), SePiCo's pixel contrast (``sepico``, uda_dist.methods.sepico), PGPC's pseudo-label
@@ -19,7 +22,8 @@ Parts a recipe chooses (each a config field; no method subclasses another):
 
 One step, top to bottom (``losses``):
 1. SePiCo's class-balanced target crop, when on;
-2. the teacher's view of the un-augmented target and the selected pseudo-labels (when anything reads them);
+2. the teacher's view of the un-augmented target (fused with its view of the day pair under ``day_night``) and
+   the selected pseudo-labels (when anything reads them);
 3. the source class statistics, BEFORE the losses, from the teacher's projection of the un-augmented source
    and the ground truth (when a term reads them): one reduce;
 4. the student's source pass (on the strongly augmented source with ``strong_source``; with projection
@@ -56,7 +60,8 @@ from uda_dist.methods.asanet import ASANetAdaptation, ASANetConfig
 from uda_dist.methods.base import Method, MethodConfig, Reducer
 from uda_dist.methods.distillation import Distillation, DistillationConfig
 from uda_dist.methods.fada import FADAAdversarial, FADAConfig
-from uda_dist.methods.labelers import CentroidAgreement, ConfidenceWeight, Selector, TeacherView, confidence_weight
+from uda_dist.methods.labelers import (CentroidAgreement, ConfidenceWeight, DayNightConfig, Selector, TeacherView,
+                                       confidence_weight, fuse_day_night)
 from uda_dist.methods.pgpc import PGPCConfig, PGPCContrast
 from uda_dist.methods.sepico import SePiCoContrast, SePiCoContrastConfig
 from uda_dist.methods.terms import MixedPass, StepContext, Term, grid_labels, pixels, pl_crop_rows
@@ -117,6 +122,14 @@ class SelfTrainingConfig(MethodConfig):
     asanet: ASANetConfig = dataclasses.field(default_factory=ASANetConfig)
     """ASANet's affinity-space adversarial term and cleaning loss (uda_dist.methods.asanet); off unless one of
     its weights is > 0."""
+    day_night: DayNightConfig = dataclasses.field(default_factory=DayNightConfig)
+    """SePiCo's day/night pseudo-label fusion (uda_dist.methods.labelers): the teacher also labels each night
+    target image's daytime pair, and the two predictions are fused per class. Off unless enabled; needs a
+    target split built with day pairs."""
+    class_weight: tuple[float, ...] = ()
+    """Per-class weights (one per class) of the source and mixed cross-entropies and of the fused day/night
+    pseudo-label scores: SePiCo's Cityscapes -> Dark Zurich log-frequency prior
+    (labelers.log_frequency_weights); () = none."""
     target_pass: bool = False
     """Make the student's train-mode pass over the un-augmented target at every step even when no term reads it:
     its BatchNorm running statistics then follow the target. The control of the adversarial terms (their
@@ -137,6 +150,15 @@ class SelfTrainingConfig(MethodConfig):
             raise ValueError(f"class_balanced_crops must be >= 0, got {self.class_balanced_crops}")
         if not 0.0 < self.label_min_share <= 1.0:
             raise ValueError(f"label_min_share must be in (0, 1], got {self.label_min_share}")
+        object.__setattr__(self, "class_weight", tuple(float(w) for w in self.class_weight))
+        if any(not w > 0 for w in self.class_weight):
+            raise ValueError(f"class_weight must be positive, got {self.class_weight}")
+        if self.day_night.enabled and self.pseudo_source == "offline":
+            raise ValueError("day_night fuses the teacher's predictions: it needs pseudo_source='teacher'")
+
+    @property
+    def reads_day_pairs(self) -> bool:
+        return self.day_night.enabled
 
     @property
     def reads_target_labels(self) -> bool:
@@ -209,6 +231,12 @@ class SelfTraining(Method):
         self.terms = cfg.terms(student, total_steps=total_steps)
         self.generator = torch.Generator().manual_seed(seed)
         device = next(student.parameters()).device
+        self.class_weight_K: torch.Tensor | None = None
+        if cfg.class_weight:
+            if len(cfg.class_weight) != student.cfg.num_classes:
+                raise ValueError(f"method.class_weight has {len(cfg.class_weight)} weights for "
+                                 f"{student.cfg.num_classes} classes")
+            self.class_weight_K = torch.tensor(cfg.class_weight, dtype=torch.float32, device=device)
         self.selector: Selector = ConfidenceWeight(cfg.pseudo_threshold)
         if cfg.pseudo_selection == "centroid_agreement":
             centroids = ClassCentroids(student.cfg.num_classes, student.fused_channels, momentum=cfg.centroid_momentum,
@@ -253,18 +281,26 @@ class SelfTraining(Method):
         return TeacherView(logits_BKhw=out.logits_BKhw, fused_BChw=out.fused_BChw,
                            logits_BKHW=resize_to(out.logits_BKhw, image_B3HW.shape[-2:]))
 
-    def teacher_predict(self, image_B3HW: torch.Tensor) -> torch.Tensor:
-        """Teacher logits at image size."""
-        return self.teacher_view(image_B3HW).logits_BKHW
+    def pseudo_view(self, target: dict[str, Any]) -> TeacherView:
+        """The teacher's view of the un-augmented target image; with the day/night fusion, its scores are the
+        night and day softmaxes fused (the day pair under the same crop and flip), times the class weights."""
+        view = self.teacher_view(target["image"])
+        if not self.cfg.day_night.enabled:
+            return view
+        day = self.teacher_view(target["day_image"])
+        probs_BKHW = fuse_day_night(torch.softmax(day.logits_BKHW.float(), dim=1),
+                                    torch.softmax(view.logits_BKHW.float(), dim=1), cfg=self.cfg.day_night,
+                                    class_weight_K=self.class_weight_K)
+        return dataclasses.replace(view, probs_BKHW=probs_BKHW)
 
     def target_pseudo_labels(self, target: dict[str, Any]
                              ) -> tuple[torch.Tensor, torch.Tensor, TeacherView, dict[str, torch.Tensor]]:
-        """(label_BHW, weight_BHW, the teacher's view, values to log): the teacher's arg-max on the un-augmented
-        target image (or the offline pseudo-labels), weighted or selected by the pseudo-label selector, 0 on
-        the PL-crop rows."""
+        """(label_BHW, weight_BHW, the teacher's view, values to log): the arg-max of the teacher's scores on the
+        un-augmented target image (``pseudo_view``; or the offline pseudo-labels), weighted or selected by the
+        pseudo-label selector, 0 on the PL-crop rows."""
         cfg = self.cfg
-        view = self.teacher_view(target["image"])
-        label_BHW = target["label"] if cfg.pseudo_source == "offline" else view.logits_BKHW.argmax(dim=1)
+        view = self.pseudo_view(target)
+        label_BHW = target["label"] if cfg.pseudo_source == "offline" else view.scores_BKHW().argmax(dim=1)
         label_BHW, weight_BHW, log = self.selector.select(label_BHW, view)
         return label_BHW, without_pl_crop(weight_BHW, top=cfg.pl_crop_top, bottom=cfg.pl_crop_bottom), view, log
 
@@ -281,13 +317,14 @@ class SelfTraining(Method):
 
     def class_balanced_target(self, target: dict[str, Any], *, size: tuple[int, int]) -> dict[str, Any]:
         """The target batch cut to ``size`` at the windows whose pseudo-labels are the most class-balanced."""
-        label_BHW = self.teacher_predict(target["image"]).argmax(dim=1)
+        label_BHW = self.pseudo_view(target).scores_BKHW().argmax(dim=1)
         tops_B, lefts_B = class_balanced_windows(label_BHW, size=size, candidates=self.cfg.class_balanced_crops,
                                                  num_classes=self.teacher.cfg.num_classes, generator=self.generator)
         h, w = size
-        image_B3HW = torch.stack([img[:, t:t + h, l:l + w] for img, t, l in
-                                  zip(target["image"], tops_B.tolist(), lefts_B.tolist())])
-        return {**target, "image": image_B3HW}
+        windows = list(zip(tops_B.tolist(), lefts_B.tolist()))
+        cropped = {name: torch.stack([img[:, t:t + h, l:l + w] for img, (t, l) in zip(target[name], windows)])
+                   for name in ("image", "day_image") if name in target}
+        return {**target, **cropped}
 
     def mixed_pass(self, student: nn.Module, source: dict[str, Any], target: dict[str, Any],
                    pl_BHW: torch.Tensor, pl_weight_BHW: torch.Tensor, *, with_proj: bool) -> MixedPass:
@@ -318,7 +355,8 @@ class SelfTraining(Method):
         out_src = student(source_B3HW, with_proj=any(term.source_projection(step) for term in terms),
                           with_features=any(term.source_features(step) for term in terms))
         logits_src_BKHW = resize_to(out_src.logits_BKhw, source["label"].shape[-2:])
-        losses = {"source.ce": cfg.source_weight * cross_entropy(logits_src_BKHW, source["label"])}
+        losses = {"source.ce": cfg.source_weight * cross_entropy(logits_src_BKHW, source["label"],
+                                                                 class_weight_K=self.class_weight_K)}
         ctx = StepContext(step=step, student=student, source=source, source_out=out_src,
                           logits_src_BKHW=logits_src_BKHW, target=target, pseudo_label_BHW=pl_BHW,
                           pseudo_view=view, generator=self.generator,
@@ -334,7 +372,8 @@ class SelfTraining(Method):
             mixed = self.mixed_pass(student, source, target, pl_BHW, pl_weight_BHW, with_proj=mix_proj)
             if cfg.pseudo_weight:
                 losses["mix.ce"] = cfg.pseudo_weight * cross_entropy(mixed.logits_BKHW, mixed.label_BHW,
-                                                                     weight_BHW=mixed.weight_BHW)
+                                                                     weight_BHW=mixed.weight_BHW,
+                                                                     class_weight_K=self.class_weight_K)
             for term in terms:                                                                  # 7. terms on it
                 losses.update(term.mix_losses(ctx, mixed))
         return losses

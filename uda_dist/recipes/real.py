@@ -16,6 +16,7 @@ from uda_dist.data.sources import DataConfig
 from uda_dist.data.webdataset import LoaderConfig
 from uda_dist.inference import EvalConfig
 from uda_dist.methods.base import MethodConfig
+from uda_dist.methods.labelers import DayNightConfig, log_frequency_weights
 from uda_dist.methods.presets import asanet_adaptation, diga_self_training, diga_warmup, fada_adversarial
 from uda_dist.methods.self_training import SelfTrainingConfig
 from uda_dist.methods.pgpc import PGPCConfig
@@ -100,17 +101,33 @@ def synthia_to_cs_sepico_daformer() -> RunConfig:
                    pl_crop=False)
 
 
+CITYSCAPES_CLASS_FREQUENCY = (
+    0.36869696, 0.06084986, 0.22824049, 0.00655399, 0.00877272, 0.01227341, 0.00207795, 0.0055127, 0.15928651,
+    0.01157818, 0.04018982, 0.01218957, 0.00135122, 0.06994545, 0.00267456, 0.00235192, 0.00232904, 0.00098658,
+    0.00413907)
+"""Share of the Cityscapes train pixels per trainId, the table SePiCo's (and DANNet's) class prior is drawn from."""
+
+
 def cs_to_darkzurich_sepico_daformer() -> RunConfig:
     """SePiCo (DistCL) on Cityscapes -> Dark Zurich (night), DAFormer-style (paper: 54.2 on the Dark Zurich
-    test set). Evaluated on Dark Zurich val; the paper's day/night pseudo-label fusion is not implemented."""
+    test set), as BIT-DA/SePiCo's experiment 8: the day/night pseudo-label fusion (each night image's daytime
+    pair, day_ratio 0.8 on road .. fence and vegetation .. sky) with the class prior (log-frequency weights of
+    the Cityscapes classes, spread 0.05) on the fused scores and the cross-entropies; Cityscapes at 1280x640 and
+    Dark Zurich at 1280x720 without random scaling, the class-balanced 640x640 target crop (best of 10) labelled
+    again on the window, 60k iterations. The target split must be built with --day-pairs. Evaluated on Dark
+    Zurich val at 1280x720 (the test pipeline's size)."""
     base = gta_to_cs_daformer()
     data = dataclasses.replace(base.data, source=_manifest("cityscapes", "train"),
                                target=_manifest("darkzurich-night", "train", "darkzurich"),
                                val=_manifest("darkzurich-night", "val", "darkzurich"),
-                               loader=dataclasses.replace(base.data.loader, resize=(512, 1024),
-                                                                 target_resize=(540, 960)))
+                               loader=dataclasses.replace(base.data.loader, resize=(640, 1280),
+                                                          target_resize=(720, 1280), scale_range=(1.0, 1.0),
+                                                          target_crop_size=(720, 1280)))
     cfg = _sepico(dataclasses.replace(base, data=data), "cs_to_darkzurich_sepico_daformer", pl_crop=False)
-    return dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, resize=(540, 960)))  # 16:9, as trained
+    method = dataclasses.replace(cfg.method, class_balanced_crops=10, day_night=DayNightConfig(enabled=True),
+                                 class_weight=log_frequency_weights(CITYSCAPES_CLASS_FREQUENCY, spread=0.05))
+    return dataclasses.replace(cfg, method=method, train=dataclasses.replace(cfg.train, iterations=60000),
+                               eval=dataclasses.replace(cfg.eval, resize=(720, 1280)))
 
 
 # ---------------------------------------------------------------- PGPC (Xiang et al., Scientific Reports 2024)
