@@ -249,7 +249,16 @@ def to_flat_dict(cfg: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def field_help(cls: type) -> dict[str, str]:
-    """Field docstrings (the string literal after each field) of a dataclass, by field name."""
+    """Field docstrings (the string literal after each field) of a dataclass and of the dataclasses it
+    inherits fields from (a subclass's own docstring wins), by field name."""
+    helps: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(klass):
+            helps.update(_own_field_help(klass))
+    return helps
+
+
+def _own_field_help(cls: type) -> dict[str, str]:
     try:
         tree = ast.parse(inspect.getsource(cls))
     except (OSError, TypeError):

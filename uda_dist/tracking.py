@@ -308,12 +308,22 @@ def _find_or_create(client: Any, tracking: TrackingConfig, name: str, tags: dict
     return client.create_run(experiment_id, run_name=name, tags={RUN_NAME_TAG: name, **tags}).info.run_id, True
 
 
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+"""The tag MLflow 3's UI reads to tell a training experiment from a GenAI one: with it, an experiment opens on
+its runs instead of the traces page."""
+
+
 def _experiment_id(client: Any, tracking: TrackingConfig) -> str:
-    """The experiment's id, made if missing with its artifacts next to the store."""
+    """The experiment's id, made if missing with its artifacts next to the store; marked as an experiment of
+    training runs (EXPERIMENT_KIND_TAG), an older one too unless someone chose its kind (the UI's own guesses
+    end in "_inferred")."""
     experiment = client.get_experiment_by_name(tracking.experiment)
-    if experiment is not None:
-        return experiment.experiment_id
-    return client.create_experiment(tracking.experiment, artifact_location=artifact_location(tracking))
+    if experiment is None:
+        return client.create_experiment(tracking.experiment, artifact_location=artifact_location(tracking),
+                                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+    if experiment.tags.get(EXPERIMENT_KIND_TAG, "_inferred").endswith("_inferred"):
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return experiment.experiment_id
 
 
 def artifact_location(tracking: TrackingConfig) -> str | None:

@@ -33,11 +33,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from uda_dist.recipes import all_recipes, recipe
-    recipes = all_recipes()
+    from uda_dist.recipes import listing, recipe
     if args.list_recipes:
-        for name, fn in sorted(recipes.items()):
-            print(f"{name:<28} {(fn.__doc__ or '').strip().splitlines()[0]}")
+        print(listing())
         return 0
     if args.recipe is None:
         from uda_dist import demo

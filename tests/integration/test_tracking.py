@@ -37,6 +37,8 @@ def test_a_run_logs_params_metrics_tags_and_artifacts(mlflow_server, tiny_data_d
     assert run.data.metrics["val.miou13"] == pytest.approx(result.class_mious["miou13"])
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.json", "summary.json", "confusion.png", "iou.png", "predictions.png"} <= artifacts
+    # the UI opens the experiment on its training runs, not on MLflow 3's GenAI traces page
+    assert client.get_experiment_by_name("tests").tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 def test_the_same_run_name_continues_the_same_mlflow_run(mlflow_server, tiny_data_dir, tmp_path):
@@ -47,3 +49,15 @@ def test_the_same_run_name_continues_the_same_mlflow_run(mlflow_server, tiny_dat
                               filter_string="tags.`uda_dist.run_name` = 'twice'")
     assert len(runs) == 1
     assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")] == [5, 10, 5, 10]
+
+
+def test_an_older_experiment_is_marked_as_training_runs_unless_its_kind_was_chosen(mlflow_server):
+    from uda_dist.tracking import TrackingConfig, _experiment_id
+
+    client = MlflowClient(tracking_uri=mlflow_server)
+    older = client.create_experiment("made-before-the-kind")
+    chosen = client.create_experiment("chosen-kind", tags={"mlflow.experimentKind": "genai_development"})
+    for name in ("made-before-the-kind", "chosen-kind"):
+        _experiment_id(client, TrackingConfig(uri=mlflow_server, experiment=name))
+    assert client.get_experiment(older).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert client.get_experiment(chosen).tags["mlflow.experimentKind"] == "genai_development"

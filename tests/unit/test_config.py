@@ -1,11 +1,12 @@
 """Config: typed overrides, their errors, the CLI's handling of them, and every recipe resolving."""
 import dataclasses
+import re
 
 import pytest
 
 from uda_dist import train
 from uda_dist.config import ConfigError, RunConfig, apply_overrides, format_config, to_flat_dict
-from uda_dist.recipes import all_recipes
+from uda_dist.recipes import all_recipes, first_sentence
 from uda_dist.recipes.synthetic import synthetic_self_training
 
 
@@ -66,11 +67,19 @@ def test_cli_lists_recipes_and_prints_every_one_resolved(capsys):
     listed = capsys.readouterr().out
     recipes = all_recipes()
     assert {"synthetic_source_only", "synthetic_self_training", "synthetic_oracle", "gta_to_cs_daformer"} <= set(recipes)
+    assert all(len(line) <= 120 for line in listed.splitlines())
+    entries = re.split(r"\n(?=\S)", listed.strip())  # one entry per recipe, its continuation lines indented
+    assert sorted(entry.split()[0] for entry in entries) == sorted(recipes)
+    for entry in entries:  # the docstring's first sentence, whole: it ends the entry with its full stop
+        name, sentence = entry.split(None, 1)
+        assert " ".join(sentence.split()) == first_sentence(recipes[name].__doc__) and sentence.endswith(".")
+    assert first_sentence("A (b. c) e.g. d. E.") == "A (b. c) e.g. d."
     for name in recipes:
-        assert name in listed
         assert train.main(["--recipe", name, "--print-config", "--set", "seed=3"]) == 0
         out = capsys.readouterr().out
         assert "seed = 3" in out and "optim.lr = " in out
+        undocumented = [line for line in out.splitlines() if " = " in line and "  # " not in line]
+        assert not undocumented, f"{name}: config fields without help text: {undocumented}"  # inherited too
     assert train.main(["--print-config"]) == 0  # the demo's runs
     assert "synthetic_self_training" in capsys.readouterr().out
 

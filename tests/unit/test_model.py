@@ -61,6 +61,29 @@ def test_projection_hidden_width(head, hidden, expected):
     assert convs[0].in_channels == (960 if head == "daformer" else 512)
 
 
+@pytest.mark.parametrize("train", [True, False])
+def test_projection_head_convolves_each_level_before_resizing_as_the_concatenation_would(train):
+    """The first 1x1 conv on each level at its own grid, resized and summed, equals the conv of the resized
+    concatenation (the reference's order), forward and backward, in train (batch statistics) and eval mode: in
+    float64, to round-off."""
+    model = build_segmentor(ModelConfig(backbone="resnet10t", head="daformer", proj_dim=8, proj_hidden=16, **SMALL))
+    head = model.proj_head.train(train).double()
+    feats = [torch.randn(2, c, 24 // 2 ** i, 40 // 2 ** i, dtype=torch.float64, requires_grad=True)
+             for i, c in enumerate((64, 128, 256, 512))]
+    for m in head.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    fast, reference = head(feats), head.reference_forward(feats)
+    assert fast.shape == (2, 8, 24, 40)
+    torch.testing.assert_close(fast, reference, rtol=1e-10, atol=1e-12)
+    weight = torch.randn_like(fast)
+    grads = torch.autograd.grad((fast * weight).sum(), [*feats, *head.parameters()])
+    reference_grads = torch.autograd.grad((reference * weight).sum(), [*feats, *head.parameters()])
+    for grad, reference_grad in zip(grads, reference_grads):
+        torch.testing.assert_close(grad, reference_grad, rtol=1e-10, atol=1e-10)
+
+
 def test_output_stride_unsupported_is_a_clear_error():
     with pytest.raises(ValueError, match="pvt_v2_b0.*does not support output_stride=8"):
         build_segmentor(ModelConfig(backbone="pvt_v2_b0", output_stride=8))

@@ -109,11 +109,11 @@ CITYSCAPES_CLASS_FREQUENCY = (
 
 
 def cs_to_darkzurich_sepico_daformer() -> RunConfig:
-    """SePiCo (DistCL) on Cityscapes -> Dark Zurich (night), DAFormer-style (paper: 54.2 on the Dark Zurich
-    test set), as BIT-DA/SePiCo's experiment 8: the day/night pseudo-label fusion (each night image's daytime
-    pair, day_ratio 0.8 on road .. fence and vegetation .. sky) with the class prior (log-frequency weights of
-    the Cityscapes classes, spread 0.05) on the fused scores and the cross-entropies; Cityscapes at 1280x640 and
-    Dark Zurich at 1280x720 without random scaling, the class-balanced 640x640 target crop (best of 10) labelled
+    """SePiCo (DistCL) on Cityscapes -> Dark Zurich (night), DAFormer-style, with the day/night pseudo-label
+    fusion and the class prior (paper: 54.2 on the Dark Zurich test set). As BIT-DA/SePiCo's experiment 8: the
+    fusion of each night image's daytime pair (day_ratio 0.8 on road .. fence and vegetation .. sky), the class
+    prior (log-frequency weights of the Cityscapes classes, spread 0.05) on the fused scores and the
+    cross-entropies; Cityscapes at 1280x640 and Dark Zurich at 1280x720 without random scaling, the class-balanced 640x640 target crop (best of 10) labelled
     again on the window, 60k iterations. The target split must be built with --day-pairs. Evaluated on Dark
     Zurich val at 1280x720 (the test pipeline's size)."""
     base = gta_to_cs_daformer()
