@@ -332,11 +332,9 @@ def _collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     if len(sizes) > 1:
         raise ValueError(f"cannot batch images of different sizes {sizes} (keys {keys}); "
                          f"use eval_batch_size=1 for splits with mixed image sizes")
-    image_B3HW = torch.from_numpy(np.stack([s["image"] for s in samples])).permute(0, 3, 1, 2).contiguous()
-    batch: dict[str, Any] = {"image": image_B3HW.float().div_(255.0), "key": keys}
+    batch: dict[str, Any] = {"image": _stacked_images([s["image"] for s in samples]), "key": keys}
     if "day" in samples[0]:
-        day_B3HW = torch.from_numpy(np.stack([s["day"] for s in samples])).permute(0, 3, 1, 2).contiguous()
-        batch["day_image"] = day_B3HW.float().div_(255.0)
+        batch["day_image"] = _stacked_images([s["day"] for s in samples])
     if samples[0]["label"] is not None:
         batch["label"] = torch.from_numpy(np.stack([s["label"] for s in samples])).long()
     if "valid" in samples[0]:
@@ -344,3 +342,8 @@ def _collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
         batch["relpath"] = [s["relpath"] for s in samples]
         batch["orig_size"] = [s["orig_size"] for s in samples]
     return batch
+
+
+def _stacked_images(images_HW3: list[np.ndarray]) -> torch.Tensor:
+    """uint8 HxWx3 images -> float32 [B, 3, H, W] in [0, 1]."""
+    return torch.from_numpy(np.stack(images_HW3)).permute(0, 3, 1, 2).contiguous().float().div_(255.0)
